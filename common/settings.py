@@ -1,0 +1,79 @@
+"""One typed settings object for every Python stage, read from the environment with `.env` defaults.
+
+Variables already set in the environment win over `.env`, the way docker compose treats them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_FILE = REPO_ROOT / ".env"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic: str = "user_events"
+    kafka_profiles_topic: str = "user_profiles"
+    kafka_partitions: Annotated[int, Field(ge=1, le=1000)] = 6
+    kafka_consumer_group: str = "stream_consumer"
+
+    postgres_host: str = "127.0.0.1"
+    postgres_port: Port = 5432
+    postgres_db: str = "data_platform_demo"
+    postgres_user: str = "demo_user"
+    postgres_password: str = ""
+    consumer_db_user: str = "stream_consumer"
+    consumer_db_password: str = ""
+
+    producer_rate: Annotated[float, Field(ge=0)] = 20
+    producer_users: Annotated[int, Field(ge=1, le=10_000_000)] = 100
+
+    consumer_batch_max_events: Annotated[int, Field(ge=1, le=1_000_000)] = 50_000
+    consumer_batch_max_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    consumer_max_event_bytes: Annotated[int, Field(ge=256, le=100_000_000)] = 65_536
+    consumer_session_timeout_ms: Annotated[int, Field(ge=1000)] = 10_000
+    # A member that does not poll for this long (e.g. stuck in a database call) leaves the group.
+    consumer_max_poll_interval_ms: Annotated[int, Field(ge=1000)] = 300_000
+
+    def consumer_dsn(self) -> str:
+        """libpq connection string for the consumer's own least-privilege role."""
+        return _dsn(self, self.consumer_db_user, self.consumer_db_password, "stream_consumer")
+
+    def owner_dsn(self) -> str:
+        """libpq connection string for the database owner (setup and tests only)."""
+        return _dsn(self, self.postgres_user, self.postgres_password, "owner")
+
+
+def _dsn(s: Settings, user: str, password: str, app: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(
+        host=s.postgres_host,
+        port=s.postgres_port,
+        dbname=s.postgres_db,
+        user=user,
+        password=password,
+        application_name=app,
+        connect_timeout=5,
+    )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings or a one-line error per bad variable on stderr and exit status 2 (never a traceback)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            print(f"error: invalid setting {name}={err.get('input')!r}: {err['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None

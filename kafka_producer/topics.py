@@ -1,0 +1,26 @@
+"""The two topics: `user_events` (N partitions, keyed by user_id) and the compacted `user_profiles`."""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def ensure_topics(bootstrap: str, events_topic: str, profiles_topic: str, partitions: int) -> list[str]:
+    """Creates whichever of the topics is missing; returns the names it created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = admin.list_topics(timeout=10).topics
+    wanted = [
+        NewTopic(events_topic, num_partitions=partitions, replication_factor=1),
+        NewTopic(profiles_topic, num_partitions=partitions, replication_factor=1, config={"cleanup.policy": "compact"}),
+    ]
+    missing = [t for t in wanted if t.topic not in existing]
+    if not missing:
+        return []
+    for future in admin.create_topics(missing, operation_timeout=30).values():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won the race
+                raise
+    return [t.topic for t in missing]

@@ -1,0 +1,18 @@
+"""The native services, in start order. Each mirrors one service of docker-compose.yml."""
+
+from __future__ import annotations
+
+from native.services.apps import KafkaProducerService, StreamConsumerService
+from native.services.base import Service
+from native.services.kafka import KafkaService
+from native.services.postgres import PostgresService
+
+SERVICES: dict[str, Service] = {
+    s.name: s
+    for s in (
+        PostgresService(),
+        KafkaService(),
+        StreamConsumerService(),
+        KafkaProducerService(),
+    )
+}

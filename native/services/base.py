@@ -1,0 +1,46 @@
+"""The shape of a native service: install once, prepare state, run under supervisord, check health."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from native.context import Context
+
+
+@dataclass
+class Program:
+    """One supervisord program: argv plus the environment it runs with."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    directory: str | None = None
+    numprocs: int = 1
+    stopsignal: str = "TERM"
+    stopwaitsecs: int = 30
+
+
+class Service:
+    name: str = ""
+    depends_on: tuple[str, ...] = ()
+    #: seconds `up` waits for health before it gives up
+    start_timeout: float = 60
+
+    def install(self, ctx: Context) -> None:
+        """Packages, downloads and virtualenvs this service needs; idempotent and cached."""
+
+    def prepare(self, ctx: Context) -> None:
+        """State it needs before its first start (data directories, rendered config)."""
+
+    def program(self, ctx: Context) -> Program:
+        raise NotImplementedError
+
+    def healthy(self, ctx: Context) -> bool:
+        """One health probe, like a compose healthcheck."""
+        return True
+
+    def after_start(self, ctx: Context) -> None:
+        """One-shot jobs once healthy (the compose init containers)."""
+
+    def port(self, ctx: Context) -> str:
+        return ""

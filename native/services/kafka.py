@@ -1,0 +1,97 @@
+"""A real Apache Kafka broker (KRaft, single node) from Maven Central's jars, on Debian's Java 17."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import string
+import uuid
+from pathlib import Path
+
+from native.context import Context
+from native.services.base import Program, Service
+
+HERE = Path(__file__).resolve().parents[1] / "kafka"
+
+
+class KafkaService(Service):
+    name = "kafka"
+    start_timeout = 90
+
+    def home(self, ctx: Context) -> Path:
+        return ctx.cache / f"kafka-{ctx['KAFKA_VERSION']}"
+
+    def install(self, ctx: Context) -> None:
+        if not shutil.which("java"):
+            ctx.apt_install("openjdk-17-jre-headless")
+        home = self.home(ctx)
+        ctx.maven_fetch(
+            HERE / "pom.xml",
+            home / "lib" / ".complete",
+            f"Apache Kafka {ctx['KAFKA_VERSION']}",
+            "dependency:copy-dependencies",
+            f"-Dkafka.version={ctx['KAFKA_VERSION']}",
+            f"-DoutputDirectory={home / 'lib'}",
+            "-DincludeScope=runtime",
+        )
+        (home / "lib" / ".complete").touch()
+
+    def _java(self, ctx: Context, main: str, *args: str) -> list[str]:
+        return [
+            "java",
+            "-cp",
+            f"{self.home(ctx) / 'lib'}/*",
+            f"-Dlog4j2.configurationFile={HERE / 'log4j2.properties'}",
+            main,
+            *args,
+        ]
+
+    def prepare(self, ctx: Context) -> None:
+        state = ctx.state / "kafka"
+        data = state / "data"
+        state.mkdir(parents=True, exist_ok=True)
+        template = string.Template((HERE / "server.properties.template").read_text())
+        props = state / "server.properties"
+        props.write_text(
+            template.substitute(
+                KAFKA_HOST=ctx["KAFKA_HOST"],
+                KAFKA_PORT=ctx["KAFKA_PORT"],
+                KAFKA_CONTROLLER_PORT=ctx["KAFKA_CONTROLLER_PORT"],
+                KAFKA_LOG_DIRS=str(data),
+                KAFKA_NUM_PARTITIONS=ctx["KAFKA_PARTITIONS"],
+            )
+        )
+        if (data / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        ctx.log(f"formatting Kafka storage at {data} (cluster {cluster_id})")
+        ctx.run(
+            self._java(ctx, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)),
+            "kafka storage format",
+        )
+
+    def program(self, ctx: Context) -> Program:
+        argv = self._java(ctx, "kafka.Kafka", str(ctx.state / "kafka" / "server.properties"))
+        return Program(argv=[argv[0], "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", *argv[1:]])
+
+    def port(self, ctx: Context) -> str:
+        return f"{ctx['KAFKA_HOST']}:{ctx['KAFKA_PORT']}"
+
+    def healthy(self, ctx: Context) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            md = AdminClient({"bootstrap.servers": ctx["KAFKA_BOOTSTRAP_SERVERS"], "log_level": 0}).list_topics(timeout=2)
+            return bool(md.brokers)
+        except Exception:  # noqa: BLE001 - any failure means "not yet"
+            return False
+
+    def after_start(self, ctx: Context) -> None:
+        from kafka_producer.topics import ensure_topics
+
+        ensure_topics(
+            ctx["KAFKA_BOOTSTRAP_SERVERS"],
+            ctx["KAFKA_TOPIC"],
+            ctx["KAFKA_PROFILES_TOPIC"],
+            int(ctx["KAFKA_PARTITIONS"]),
+        )

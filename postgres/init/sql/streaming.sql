@@ -1,0 +1,75 @@
+-- Schema `streaming`: raw aggregates, written only by the stream consumer, one Postgres
+-- transaction per micro-batch together with the Kafka offsets that produced them.
+CREATE SCHEMA IF NOT EXISTS streaming;
+CREATE SCHEMA IF NOT EXISTS analytics;
+
+-- Exactly the table of the reference README, plus updated_at.
+-- created_at / updated_at are the first / latest occurred_at of the pair's events.
+CREATE TABLE IF NOT EXISTS streaming.user_events (
+    user_id     bigint       NOT NULL,
+    event_type  varchar(50)  NOT NULL,
+    event_count bigint       NOT NULL,
+    created_at  timestamptz  NOT NULL,
+    updated_at  timestamptz  NOT NULL,
+    PRIMARY KEY (user_id, event_type)
+);
+
+-- The real-time timeline: events and revenue per minute (of occurred_at) and event type.
+CREATE TABLE IF NOT EXISTS streaming.event_minutes (
+    minute      timestamptz    NOT NULL,
+    event_type  varchar(50)    NOT NULL,
+    event_count bigint         NOT NULL,
+    revenue     numeric(20, 2) NOT NULL,
+    PRIMARY KEY (minute, event_type)
+);
+
+-- Sessionization: one row per session_id.
+CREATE TABLE IF NOT EXISTS streaming.sessions (
+    session_id     uuid           PRIMARY KEY,
+    user_id        bigint         NOT NULL,
+    first_event_at timestamptz    NOT NULL,
+    last_event_at  timestamptz    NOT NULL,
+    event_count    bigint         NOT NULL,
+    purchase_count bigint         NOT NULL,
+    revenue        numeric(20, 2) NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user_id_idx ON streaming.sessions (user_id);
+CREATE INDEX IF NOT EXISTS sessions_last_event_at_idx ON streaming.sessions (last_event_at);
+
+-- The profile dimension from the compacted user_profiles topic; newest updated_at wins.
+CREATE TABLE IF NOT EXISTS streaming.users (
+    user_id     bigint       PRIMARY KEY,
+    name        text         NOT NULL,
+    email       text         NOT NULL,
+    country     char(2)      NOT NULL,
+    signup_date date         NOT NULL,
+    plan        varchar(50)  NOT NULL,
+    updated_at  timestamptz  NOT NULL
+);
+
+-- Every message that breaks the contract, with why; (topic, partition, offset) is unique,
+-- so a replayed batch can never file the same message twice.
+CREATE TABLE IF NOT EXISTS streaming.dead_letter_events (
+    id          bigserial    PRIMARY KEY,
+    topic       text         NOT NULL,
+    "partition" integer      NOT NULL,
+    "offset"    bigint       NOT NULL,
+    message_key text,
+    raw_value   text,
+    error       text         NOT NULL,
+    received_at timestamptz  NOT NULL DEFAULT clock_timestamp(),
+    UNIQUE (topic, "partition", "offset")
+);
+
+-- Where each partition resumes: written in the same transaction as the aggregates, and only
+-- if it still holds the offset the writer started from (the fence against lost partitions).
+-- high_watermark is the partition's end offset as the consumer last saw it (for lag).
+CREATE TABLE IF NOT EXISTS streaming.consumer_offsets (
+    consumer_group text         NOT NULL,
+    topic          text         NOT NULL,
+    "partition"    integer      NOT NULL,
+    next_offset    bigint       NOT NULL,
+    high_watermark bigint,
+    updated_at     timestamptz  NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (consumer_group, topic, "partition")
+);

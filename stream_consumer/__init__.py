@@ -1,0 +1,1 @@
+"""The stream consumer: Kafka → validated, aggregated micro-batches → Postgres, exactly once."""

@@ -1,0 +1,25 @@
+"""Integration tier: a real Kafka broker and a real Postgres, started by ./stack for the session."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import NativeStack
+from tests.integration.pipeline import Pipeline
+
+
+@pytest.fixture(scope="session")
+def stack():
+    s = NativeStack(["postgres", "kafka"], {"CONSUMER_SESSION_TIMEOUT_MS": "3000"})
+    try:
+        s.up()
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture
+def pipeline(stack, request):
+    p = Pipeline(stack, request.node.name)
+    yield p
+    p.close()

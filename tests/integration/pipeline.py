@@ -1,0 +1,224 @@
+"""One test's slice of the pipeline: its own topics and consumer group, real consumer processes,
+a producer that remembers exactly what it sent, and checks of the `streaming` tables against it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+import psycopg
+from confluent_kafka import Producer
+
+from kafka_producer.events import EventGenerator
+from kafka_producer.topics import ensure_topics
+from tests.conftest import ARTIFACTS, ROOT, NativeStack
+
+PARTITIONS = 6
+AGGREGATES = "streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users, " \
+             "streaming.dead_letter_events"
+
+
+def malformed(rng: random.Random, valid: bytes) -> tuple[bytes | None, bytes | None, str]:
+    """A message that breaks the contract in one of many ways: (key, value, what is wrong)."""
+    event = json.loads(valid)
+    kind = rng.randrange(12)
+    key = str(event["user_id"]).encode()
+    if kind == 0:
+        return key, b"{not json", "not json"
+    if kind == 1:
+        return key, b"[1, 2, 3]", "not an object"
+    if kind == 2:
+        del event["event_id"]
+    elif kind == 3:
+        event["user_id"] = str(event["user_id"])
+    elif kind == 4:
+        event["user_id"] = -event["user_id"]
+        key = str(event["user_id"]).encode()
+    elif kind == 5:
+        event["session_id"] = "not-a-uuid"
+    elif kind == 6:
+        event["occurred_at"] = event["occurred_at"].rstrip("Z")
+    elif kind == 7:
+        return key, b'{"pad": "' + b"x" * 70_000 + b'"}', "oversize"
+    elif kind == 8:
+        return key, None, "null value"
+    elif kind == 9:
+        key = b"not-the-user"
+    elif kind == 10:
+        event["event_type"], event["amount"] = "view", 12.5
+    else:
+        return key, b"\xff\xfe\xfa garbage", "not utf-8"
+    return key, json.dumps(event).encode(), f"kind {kind}"
+
+
+@dataclass
+class Sent:
+    """What the producer delivered, as the tables must show it."""
+
+    counts: Counter = field(default_factory=Counter)  # (user_id, event_type) -> events
+    revenue_cents: int = 0
+    events: int = 0
+    dead_letters: set = field(default_factory=set)  # (partition, offset) of malformed messages
+    messages: int = 0
+    profiles: int = 0
+
+
+class Pipeline:
+    def __init__(self, stack: NativeStack, name: str) -> None:
+        self.stack = stack
+        slug = "".join(c if c.isalnum() else "_" for c in name)[-40:]
+        suffix = f"{slug}_{int(time.time() * 1000) % 10**8}"
+        self.env = {
+            **stack.env,
+            "KAFKA_TOPIC": f"ev_{suffix}",
+            "KAFKA_PROFILES_TOPIC": f"pr_{suffix}",
+            "KAFKA_CONSUMER_GROUP": f"g_{suffix}",
+            "KAFKA_PARTITIONS": str(PARTITIONS),
+            "CONSUMER_BATCH_MAX_MS": "100",
+        }
+        self.topic, self.profiles_topic = self.env["KAFKA_TOPIC"], self.env["KAFKA_PROFILES_TOPIC"]
+        self.group = self.env["KAFKA_CONSUMER_GROUP"]
+        self.bootstrap = stack.env["KAFKA_BOOTSTRAP_SERVERS"]
+        self.logs = ARTIFACTS / "consumers" / suffix
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.consumers: list[subprocess.Popen] = []
+        self.sent = Sent()
+        self.dsn = stack.owner_dsn()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {AGGREGATES}")
+        ensure_topics(self.bootstrap, self.topic, self.profiles_topic, PARTITIONS)
+
+    # --- consumers ---------------------------------------------------------------------------
+    def start_consumer(self, *args: str) -> subprocess.Popen:
+        log = open(self.logs / f"consumer_{len(self.consumers)}.log", "wb")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen([sys.executable, "-m", "stream_consumer", *args], cwd=ROOT, env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.consumers.append(proc)
+        return proc
+
+    def alive(self) -> list[subprocess.Popen]:
+        return [p for p in self.consumers if p.poll() is None]
+
+    def close(self) -> None:
+        for proc in self.alive():
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.consumers:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    # --- producing ---------------------------------------------------------------------------
+    def produce(self, events: int, malformed_share: float = 0.0, rate: float = 0, seed: int = 1,
+                users: int = 100, profiles: bool = True) -> Sent:
+        """Sends `events` messages (a share of them malformed) and waits until all are delivered."""
+        rng = random.Random(seed)
+        gen = EventGenerator(users, seed)
+        sent = self.sent
+        failures: list[str] = []
+        producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
+                             "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+
+        def delivered(err, msg, bad: bool) -> None:
+            if err is not None:
+                failures.append(str(err))
+            elif bad:
+                sent.dead_letters.add((msg.partition(), msg.offset()))
+
+        if profiles:
+            for key, value in gen.profiles(dt.datetime.now(dt.UTC)):
+                producer.produce(self.profiles_topic, value, key)
+                sent.profiles += 1
+        t0 = time.monotonic()
+        for i in range(events):
+            if rate:
+                ahead = i / rate - (time.monotonic() - t0)
+                if ahead > 0.01:
+                    producer.poll(0)
+                    time.sleep(ahead)
+            key, value = gen.event(time.time())
+            bad = rng.random() < malformed_share
+            if bad:
+                key, value, _ = malformed(rng, value)
+            else:
+                event = json.loads(value)
+                sent.counts[(event["user_id"], event["event_type"])] += 1
+                sent.events += 1
+                if event["amount"] is not None:
+                    sent.revenue_cents += round(event["amount"] * 100)
+            while True:
+                try:
+                    producer.produce(self.topic, value, key, on_delivery=lambda e, m, b=bad: delivered(e, m, b))
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            sent.messages += 1
+            producer.poll(0)
+        assert producer.flush(60) == 0, "messages left undelivered"
+        assert not failures, failures[:3]
+        return sent
+
+    def produce_in_background(self, **kwargs) -> threading.Thread:
+        thread = threading.Thread(target=self.produce, kwargs=kwargs, daemon=True)
+        thread.start()
+        return thread
+
+    # --- checking ----------------------------------------------------------------------------
+    def stored_offsets(self) -> dict[str, int]:
+        with psycopg.connect(self.dsn) as conn:
+            rows = conn.execute('SELECT topic, sum(next_offset) FROM streaming.consumer_offsets '
+                                'WHERE consumer_group = %s GROUP BY topic', (self.group,)).fetchall()
+        return {t: int(n) for t, n in rows}
+
+    def wait_until_consumed(self, timeout: float = 180) -> None:
+        """Until the stored offsets cover every message sent (offsets of a fresh topic have no gaps)."""
+        deadline = time.monotonic() + timeout
+        want = {self.topic: self.sent.messages, self.profiles_topic: self.sent.profiles}
+        while time.monotonic() < deadline:
+            got = self.stored_offsets()
+            if all(got.get(t, 0) >= n for t, n in want.items() if n):
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"not consumed within {timeout} s: stored {self.stored_offsets()}, sent {want}")
+
+    def query(self, sql: str, *params) -> list[tuple]:
+        with psycopg.connect(self.dsn) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def counts(self) -> Counter:
+        return Counter({(u, e): n for u, e, n in self.query(
+            "SELECT user_id, event_type, event_count FROM streaming.user_events")})
+
+    def dead_letter_offsets(self) -> list[tuple[int, int]]:
+        return [(p, o) for p, o in self.query(
+            'SELECT "partition", "offset" FROM streaming.dead_letter_events WHERE topic = %s', self.topic)]
+
+    def assert_exactly_once(self) -> None:
+        """Every aggregate shows each delivered event exactly once, and each malformed message once."""
+        sent = self.sent
+        assert self.counts() == sent.counts
+        dead = self.dead_letter_offsets()
+        assert len(dead) == len(set(dead)) == len(sent.dead_letters)
+        assert set(dead) == sent.dead_letters
+        [(minutes, revenue)] = self.query("SELECT sum(event_count), sum(revenue) FROM streaming.event_minutes")
+        assert (int(minutes or 0), int(round((revenue or 0) * 100))) == (sent.events, sent.revenue_cents)
+        [(sessions, session_revenue)] = self.query("SELECT sum(event_count), sum(revenue) FROM streaming.sessions")
+        assert (int(sessions or 0), int(round((session_revenue or 0) * 100))) == (sent.events, sent.revenue_cents)
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+

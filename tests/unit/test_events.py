@@ -1,0 +1,62 @@
+"""The producer's event generation: contract-valid, keyed by user, reproducible from a seed."""
+
+import datetime as dt
+import json
+import uuid
+from collections import Counter
+
+from common.contract import decode_event, decode_profile
+from kafka_producer.events import EventGenerator, uuid4_text
+
+EPOCH = dt.datetime(2026, 11, 22, tzinfo=dt.UTC).timestamp()
+
+
+def test_every_generated_event_follows_the_contract_and_its_key_is_the_user_id():
+    gen = EventGenerator(users=50, seed=1)
+    for i in range(5000):
+        key, value = gen.event(EPOCH + i / 1000)
+        event = decode_event(value, 65536)
+        assert key == str(event.user_id).encode()
+        assert 1 <= event.user_id <= 50
+
+
+def test_same_seed_and_clock_give_byte_identical_events():
+    a, b = EventGenerator(users=20, seed=7), EventGenerator(users=20, seed=7)
+    assert [a.event(EPOCH + i) for i in range(500)] == [b.event(EPOCH + i) for i in range(500)]
+
+
+def test_different_seeds_give_different_events():
+    a, b = EventGenerator(users=20, seed=7), EventGenerator(users=20, seed=8)
+    assert [a.event(EPOCH) for _ in range(50)] != [b.event(EPOCH) for _ in range(50)]
+
+
+def test_event_mix_is_mostly_views_with_some_purchases():
+    gen = EventGenerator(users=100, seed=3)
+    types = Counter(json.loads(gen.event(EPOCH)[1])["event_type"] for _ in range(20000))
+    assert types["view"] > types["click"] > types["purchase"] > 0.02 * 20000
+
+
+def test_only_purchases_carry_an_amount():
+    gen = EventGenerator(users=10, seed=4)
+    for _ in range(2000):
+        event = json.loads(gen.event(EPOCH)[1])
+        assert (event["amount"] is not None) == (event["event_type"] == "purchase")
+
+
+def test_occurred_at_is_the_given_clock_in_utc_with_milliseconds():
+    gen = EventGenerator(users=1, seed=1)
+    event = json.loads(gen.event(EPOCH + 1.2345)[1])
+    assert event["occurred_at"] == "2026-11-22T00:00:01.234Z"
+
+
+def test_uuid4_text_is_a_valid_version_4_uuid():
+    for bits in (0, 2**128 - 1, 123456789):
+        value = uuid.UUID(uuid4_text(bits))
+        assert (value.version, value.variant) == (4, uuid.RFC_4122)
+
+
+def test_profiles_follow_the_contract_one_per_user_and_are_reproducible():
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    profiles = EventGenerator(users=30, seed=5).profiles(at)
+    assert [decode_profile(v, 65536).user_id for _, v in profiles] == list(range(1, 31))
+    assert profiles == EventGenerator(users=30, seed=5).profiles(at)

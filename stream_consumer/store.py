@@ -136,8 +136,7 @@ class Store:
                 (u, e), rows = zip(*batch.user_events), batch.user_events.values()
                 cur.execute(UPSERT_USER_EVENTS, (list(u), list(e), *map(list, zip(*rows))))
             if batch.minutes:
-                (m, e), rows = zip(*batch.minutes), batch.minutes.values()
-                cur.execute(UPSERT_MINUTES, (list(m), list(e), *map(list, zip(*rows))))
+                cur.execute(UPSERT_MINUTES, tuple(map(list, zip(*batch.minute_rows()))))
             if batch.sessions:
                 cur.execute(UPSERT_SESSIONS, (list(batch.sessions), *map(list, zip(*batch.sessions.values()))))
             if batch.users:

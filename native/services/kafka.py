@@ -81,7 +81,9 @@ class KafkaService(Service):
         from confluent_kafka.admin import AdminClient
 
         try:
-            md = AdminClient({"bootstrap.servers": ctx["KAFKA_BOOTSTRAP_SERVERS"], "log_level": 0}).list_topics(timeout=2)
+            md = AdminClient({"bootstrap.servers": ctx["KAFKA_BOOTSTRAP_SERVERS"], "log_level": 0}).list_topics(
+                timeout=2
+            )
             return bool(md.brokers)
         except Exception:  # noqa: BLE001 - any failure means "not yet"
             return False

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import NativeStack
+from native.ephemeral import EphemeralStack
 from tests.integration.pipeline import Pipeline
 
 
 @pytest.fixture(scope="session")
 def stack():
-    s = NativeStack(["postgres", "kafka"], {"CONSUMER_SESSION_TIMEOUT_MS": "3000"})
+    s = EphemeralStack(["postgres", "kafka"], {"CONSUMER_SESSION_TIMEOUT_MS": "3000"})
     try:
         s.up()
         yield s

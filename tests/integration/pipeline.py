@@ -15,17 +15,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-
 import psycopg
 from confluent_kafka import Producer
 
 from kafka_producer.events import EventGenerator
 from kafka_producer.topics import ensure_topics
-from tests.conftest import ARTIFACTS, ROOT, NativeStack
+from native.ephemeral import ARTIFACTS, ROOT, EphemeralStack
 
 PARTITIONS = 6
-AGGREGATES = "streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users, " \
-             "streaming.dead_letter_events"
+AGGREGATES = (
+    "streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users, streaming.dead_letter_events"
+)
 
 
 def malformed(rng: random.Random, valid: bytes) -> tuple[bytes | None, bytes | None, str]:
@@ -74,7 +74,7 @@ class Sent:
 
 
 class Pipeline:
-    def __init__(self, stack: NativeStack, name: str) -> None:
+    def __init__(self, stack: EphemeralStack, name: str) -> None:
         self.stack = stack
         slug = "".join(c if c.isalnum() else "_" for c in name)[-40:]
         suffix = f"{slug}_{int(time.time() * 1000) % 10**8}"
@@ -101,8 +101,13 @@ class Pipeline:
     # --- consumers ---------------------------------------------------------------------------
     def start_consumer(self, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"consumer_{len(self.consumers)}.log", "wb")  # noqa: SIM115 - lives with the process
-        proc = subprocess.Popen([sys.executable, "-m", "stream_consumer", *args], cwd=ROOT, env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_consumer", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.consumers.append(proc)
         return proc
 
@@ -119,15 +124,28 @@ class Pipeline:
                 proc.kill()
 
     # --- producing ---------------------------------------------------------------------------
-    def produce(self, events: int, malformed_share: float = 0.0, rate: float = 0, seed: int = 1,
-                users: int = 100, profiles: bool = True) -> Sent:
+    def produce(
+        self,
+        events: int,
+        malformed_share: float = 0.0,
+        rate: float = 0,
+        seed: int = 1,
+        users: int = 100,
+        profiles: bool = True,
+    ) -> Sent:
         """Sends `events` messages (a share of them malformed) and waits until all are delivered."""
         rng = random.Random(seed)
         gen = EventGenerator(users, seed)
         sent = self.sent
         failures: list[str] = []
-        producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True,
-                             "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "queue.buffering.max.messages": 1_000_000,
+            }
+        )
 
         def delivered(err, msg, bad: bool) -> None:
             if err is not None:
@@ -176,8 +194,11 @@ class Pipeline:
     # --- checking ----------------------------------------------------------------------------
     def stored_offsets(self) -> dict[str, int]:
         with psycopg.connect(self.dsn) as conn:
-            rows = conn.execute('SELECT topic, sum(next_offset) FROM streaming.consumer_offsets '
-                                'WHERE consumer_group = %s GROUP BY topic', (self.group,)).fetchall()
+            rows = conn.execute(
+                "SELECT topic, sum(next_offset) FROM streaming.consumer_offsets "
+                "WHERE consumer_group = %s GROUP BY topic",
+                (self.group,),
+            ).fetchall()
         return {t: int(n) for t, n in rows}
 
     def wait_until_consumed(self, timeout: float = 180) -> None:
@@ -196,12 +217,17 @@ class Pipeline:
             return conn.execute(sql, params).fetchall()
 
     def counts(self) -> Counter:
-        return Counter({(u, e): n for u, e, n in self.query(
-            "SELECT user_id, event_type, event_count FROM streaming.user_events")})
+        return Counter(
+            {(u, e): n for u, e, n in self.query("SELECT user_id, event_type, event_count FROM streaming.user_events")}
+        )
 
     def dead_letter_offsets(self) -> list[tuple[int, int]]:
-        return [(p, o) for p, o in self.query(
-            'SELECT "partition", "offset" FROM streaming.dead_letter_events WHERE topic = %s', self.topic)]
+        return [
+            (p, o)
+            for p, o in self.query(
+                'SELECT "partition", "offset" FROM streaming.dead_letter_events WHERE topic = %s', self.topic
+            )
+        ]
 
     def assert_exactly_once(self) -> None:
         """Every aggregate shows each delivered event exactly once, and each malformed message once."""
@@ -219,6 +245,3 @@ class Pipeline:
 def sigkill(proc: subprocess.Popen) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-
-
-

@@ -86,8 +86,10 @@ def test_rebuild_from_the_topic_gives_identical_aggregates(pipeline: Pipeline):
     pipeline.wait_until_consumed()
     after = {t: pipeline.query(f"SELECT * FROM streaming.{t} ORDER BY 1, 2") for t in tables}
     assert after == before and all(before.values())
-    assert pipeline.query('SELECT "partition", "offset", error FROM streaming.dead_letter_events ORDER BY 1, 2') \
+    assert (
+        pipeline.query('SELECT "partition", "offset", error FROM streaming.dead_letter_events ORDER BY 1, 2')
         == dead_before
+    )
     pipeline.assert_exactly_once()
 
 
@@ -114,8 +116,9 @@ def test_a_member_that_lost_its_partitions_mid_commit_cannot_commit_over_its_suc
     with psycopg.connect(pipeline.dsn) as blocker:
         # Freeze every commit of the group: the old owner blocks inside its transaction, stops
         # polling, and is thrown out of the group; the successor reads the same stored offsets.
-        blocker.execute("SELECT * FROM streaming.consumer_offsets WHERE consumer_group = %s FOR UPDATE",
-                        (pipeline.group,))
+        blocker.execute(
+            "SELECT * FROM streaming.consumer_offsets WHERE consumer_group = %s FOR UPDATE", (pipeline.group,)
+        )
         pipeline.produce(events=5_000, malformed_share=0.01, seed=19, profiles=False)
         time.sleep(2)
         successor = pipeline.start_consumer()

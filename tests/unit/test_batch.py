@@ -33,8 +33,15 @@ S1, S2 = "0c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90", "1c8e1f4a-7b2d-4a66-b1f3-9d2e5c
 
 
 def event(user_id=1, event_type="view", at="2026-11-22T10:00:30Z", session=S1, amount=None, offset=0, partition=0):
-    body = {"schema_version": 1, "event_id": str(uuid.uuid4()), "event_type": event_type, "user_id": user_id,
-            "session_id": session, "occurred_at": at, "amount": amount}
+    body = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "event_type": event_type,
+        "user_id": user_id,
+        "session_id": session,
+        "occurred_at": at,
+        "amount": amount,
+    }
     return Msg(json.dumps(body).encode(), str(user_id).encode(), partition=partition, offset=offset)
 
 
@@ -49,23 +56,39 @@ def ts(text):
 
 
 def test_counts_per_user_and_type_with_first_and_last_occurrence():
-    b = batch_of(event(at="2026-11-22T10:00:30Z"), event(at="2026-11-22T09:59:00Z"), event(at="2026-11-22T10:05:00Z"),
-                 event(event_type="click"))
+    b = batch_of(
+        event(at="2026-11-22T10:00:30Z"),
+        event(at="2026-11-22T09:59:00Z"),
+        event(at="2026-11-22T10:05:00Z"),
+        event(event_type="click"),
+    )
     assert b.user_events[(1, "view")] == [3, ts("2026-11-22T09:59:00Z"), ts("2026-11-22T10:05:00Z")]
     assert b.user_events[(1, "click")][0] == 1
 
 
 def test_minutes_bucket_by_occurred_at_and_sum_revenue_in_cents():
-    b = batch_of(event(event_type="purchase", amount=10.5, at="2026-11-22T10:00:01Z"),
-                 event(event_type="purchase", amount=0.25, at="2026-11-22T10:00:59.999Z"),
-                 event(event_type="purchase", amount=1, at="2026-11-22T10:01:00Z"))
-    assert b.minutes[(ts("2026-11-22T10:00:00Z"), "purchase")] == [2, 1075]
-    assert b.minutes[(ts("2026-11-22T10:01:00Z"), "purchase")] == [1, 100]
+    b = batch_of(
+        event(event_type="purchase", amount=10.5, at="2026-11-22T10:00:01Z"),
+        event(event_type="purchase", amount=0.25, at="2026-11-22T10:00:59.999Z"),
+        event(event_type="purchase", amount=1, at="2026-11-22T10:01:00Z"),
+    )
+    assert sorted(b.minute_rows()) == [
+        (ts("2026-11-22T10:00:00Z"), "purchase", 2, 1075),
+        (ts("2026-11-22T10:01:00Z"), "purchase", 1, 100),
+    ]
+
+
+def test_minutes_are_utc_minutes_whatever_the_offset():
+    b = batch_of(event(at="2026-11-22T15:30:10+05:30"), event(at="2026-11-22T10:00:50Z"))
+    assert b.minute_rows() == [(ts("2026-11-22T10:00:00Z"), "view", 2, 0)]
 
 
 def test_sessions_collect_span_events_purchases_and_revenue():
-    b = batch_of(event(at="2026-11-22T10:00:00Z"), event(event_type="purchase", amount=5, at="2026-11-22T10:03:00Z"),
-                 event(session=S2))
+    b = batch_of(
+        event(at="2026-11-22T10:00:00Z"),
+        event(event_type="purchase", amount=5, at="2026-11-22T10:03:00Z"),
+        event(session=S2),
+    )
     row = b.sessions[uuid.UUID(S1)]
     assert row == [1, ts("2026-11-22T10:00:00Z"), ts("2026-11-22T10:03:00Z"), 2, 1, 500]
     assert b.sessions[uuid.UUID(S2)][3] == 1
@@ -100,8 +123,15 @@ def test_oversize_dead_letter_keeps_a_bounded_prefix():
 
 
 def profile(user_id, name, updated_at, offset=0):
-    body = {"user_id": user_id, "name": name, "email": "x@example.com", "country": "US",
-            "signup_date": "2024-02-03", "plan": "pro", "updated_at": updated_at}
+    body = {
+        "user_id": user_id,
+        "name": name,
+        "email": "x@example.com",
+        "country": "US",
+        "signup_date": "2024-02-03",
+        "plan": "pro",
+        "updated_at": updated_at,
+    }
     return Msg(json.dumps(body).encode(), str(user_id).encode(), topic="user_profiles", offset=offset)
 
 

@@ -86,8 +86,15 @@ def test_null_value_is_refused():
 
 
 def test_profile_with_nul_in_name_is_refused():
-    profile = {"user_id": 1, "name": "a\u0000b", "email": "a@b.c", "country": "US",
-               "signup_date": "2024-01-01", "plan": "free", "updated_at": "2026-01-01T00:00:00Z"}
+    profile = {
+        "user_id": 1,
+        "name": "a\u0000b",
+        "email": "a@b.c",
+        "country": "US",
+        "signup_date": "2024-01-01",
+        "plan": "free",
+        "updated_at": "2026-01-01T00:00:00Z",
+    }
     with pytest.raises(InvalidMessage, match=r"\$.name"):
         decode_profile(json.dumps(profile).encode(), 65536)
 

@@ -1,0 +1,83 @@
+"""A throwaway native stack on free ports with its own state folder, for tests and benchmarks.
+
+It drives the same `./stack` users run; only the ports and the state folder differ.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EphemeralStack:
+    """`./stack` with its own state folder and ports: the same tool users run, isolated per run."""
+
+    def __init__(self, services: list[str], extra_env: dict[str, str] | None = None) -> None:
+        # Postgres runs as the postgres user, which must reach the state folder (pytest's tmp is 0700).
+        self.state = Path(tempfile.mkdtemp(prefix="rta-", dir="/tmp"))
+        os.chmod(self.state, 0o755)
+        kafka_port = free_port()
+        self.env = {
+            **os.environ,
+            "STACK_STATE_DIR": str(self.state),
+            "POSTGRES_HOST": "127.0.0.1",
+            "POSTGRES_PORT": str(free_port()),
+            "KAFKA_HOST": "127.0.0.1",
+            "KAFKA_PORT": str(kafka_port),
+            "KAFKA_CONTROLLER_PORT": str(free_port()),
+            "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
+            **(extra_env or {}),
+        }
+        self.services = services
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(ROOT / "stack"), *args],
+            env=self.env,
+            cwd=ROOT,
+            check=check,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
+        )
+
+    def up(self, *services: str) -> None:
+        proc = self("up", *(services or self.services), check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"./stack up failed:\n{proc.stdout}\n{proc.stderr}")
+
+    def down(self) -> None:
+        self("down", check=False, timeout=180)
+        logs = self.state / "logs"
+        if logs.exists():
+            dest = ARTIFACTS / "logs" / self.state.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(logs, dest, dirs_exist_ok=True)
+        shutil.rmtree(self.state, ignore_errors=True)
+
+    def owner_dsn(self) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        from native.context import merged_env
+
+        env = {**merged_env(), **self.env}
+        return make_conninfo(
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            dbname=env["POSTGRES_DB"],
+            user=env["POSTGRES_USER"],
+            password=env["POSTGRES_PASSWORD"],
+        )

@@ -24,3 +24,16 @@ def ensure_topics(bootstrap: str, events_topic: str, profiles_topic: str, partit
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a concurrent creator won the race
                 raise
     return [t.topic for t in missing]
+
+
+def main() -> None:
+    """python -m kafka_producer.topics: create the topics from the settings (compose's kafka-init job)."""
+    from common.settings import load_settings
+
+    s = load_settings()
+    created = ensure_topics(s.kafka_bootstrap_servers, s.kafka_topic, s.kafka_profiles_topic, s.kafka_partitions)
+    print(f"topics created: {', '.join(created) or 'none (all exist)'}")
+
+
+if __name__ == "__main__":
+    main()

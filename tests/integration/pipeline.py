@@ -101,8 +101,11 @@ class Pipeline:
     # --- consumers ---------------------------------------------------------------------------
     def start_consumer(self, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"consumer_{len(self.consumers)}.log", "wb")  # noqa: SIM115 - lives with the process
+        # TEST_CONSUMER_MODULE=benchmarks.naive_consumer runs these tests against the reference
+        # README's consumer, to see them fail (see README, "Exactly once").
+        module = os.environ.get("TEST_CONSUMER_MODULE", "stream_consumer")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream_consumer", *args],
+            [sys.executable, "-m", module, *args],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -193,6 +196,8 @@ class Pipeline:
 
     # --- checking ----------------------------------------------------------------------------
     def stored_offsets(self) -> dict[str, int]:
+        if os.environ.get("TEST_CONSUMER_MODULE"):
+            return self.kafka_committed_offsets()
         with psycopg.connect(self.dsn) as conn:
             rows = conn.execute(
                 "SELECT topic, sum(next_offset) FROM streaming.consumer_offsets "
@@ -201,7 +206,21 @@ class Pipeline:
             ).fetchall()
         return {t: int(n) for t, n in rows}
 
+    def kafka_committed_offsets(self) -> dict[str, int]:
+        """The group's Kafka-side committed offsets (all the reference consumer keeps)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "log_level": 0})
+        try:
+            tps = c.committed([TopicPartition(self.topic, p) for p in range(PARTITIONS)], timeout=10)
+            # The reference consumer never reads the profiles topic: count it as done.
+            return {self.topic: sum(max(tp.offset, 0) for tp in tps), self.profiles_topic: self.sent.profiles}
+        finally:
+            c.close()
+
     def wait_until_consumed(self, timeout: float = 180) -> None:
+        if os.environ.get("TEST_CONSUMER_MODULE"):
+            timeout *= 4  # the reference consumer is ~50x slower
         """Until the stored offsets cover every message sent (offsets of a fresh topic have no gaps)."""
         deadline = time.monotonic() + timeout
         want = {self.topic: self.sent.messages, self.profiles_topic: self.sent.profiles}

@@ -251,7 +251,12 @@ class Pipeline:
     def assert_exactly_once(self) -> None:
         """Every aggregate shows each delivered event exactly once, and each malformed message once."""
         sent = self.sent
-        assert self.counts() == sent.counts
+        counts = self.counts()
+        assert counts == sent.counts, (
+            f"user_events counts {sum(counts.values()):,} events for {sent.events:,} delivered; "
+            f"{sum(1 for k in sent.counts if counts[k] > sent.counts[k])} pairs over-counted, "
+            f"{sum(1 for k in sent.counts if counts[k] < sent.counts[k])} under-counted"
+        )
         dead = self.dead_letter_offsets()
         assert len(dead) == len(set(dead)) == len(sent.dead_letters)
         assert set(dead) == sent.dead_letters

@@ -72,6 +72,27 @@ class Context:
         self.run(["apt-get", "update", "-q"], "apt-get update", env=env)
         self.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], "apt-get install", env=env)
 
+    def venv(self, name: str, requirements: Path) -> Path:
+        """A virtualenv of its own for a Python stack that conflicts with the app's (Airflow, dbt,
+        Superset), built once per content of its requirements file and shared by every checkout."""
+        import hashlib
+
+        digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+        venv = self.cache / "venvs" / f"{name}-{digest}"
+        if (venv / ".complete").exists():
+            return venv
+        self.log(f"installing {name} into {venv} from {requirements.relative_to(ROOT)} (once)")
+        started = time.monotonic()
+        shutil.rmtree(venv, ignore_errors=True)
+        self.run([sys.executable, "-m", "venv", str(venv)], f"virtualenv for {name}")
+        self.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)],
+            f"pip install for {name}",
+        )
+        (venv / ".complete").touch()
+        self.log(f"installed {name} in {time.monotonic() - started:.0f} s")
+        return venv
+
     def maven_fetch(self, pom: Path, marker: Path, what: str, *args: str) -> None:
         """Runs a Maven download once; `marker` appears only when it completed."""
         if marker.exists():

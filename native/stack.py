@@ -69,38 +69,46 @@ class Supervisor:
             "[supervisorctl]",
             f"serverurl=unix://{self.sock}",
         ]
-        for name, (priority, prog) in programs.items():
-            if prog.user:
-                command = shlex.join(prog.argv)
-            else:
-                spec = env_dir / f"{name}.json"
-                spec.write_text(json.dumps({"argv": prog.argv, "env": prog.env}))
-                os.chmod(spec, 0o600)
-                command = shlex.join([str(self.ctx.python), "-m", "native.run", str(spec)])
-            many = prog.numprocs > 1
-            lines += [
-                f"[program:{name}]",
-                f"command={command.replace('%', '%%')}",
-                f"process_name=%(program_name)s{'_%(process_num)d' if many else ''}",
-                f"numprocs={prog.numprocs}",
-                f"priority={priority}",
-                f"directory={prog.directory or self.ctx.root}",
-                "autostart=false",
-                "autorestart=unexpected",
-                "startsecs=1",
-                "startretries=2",
-                f"stopsignal={prog.stopsignal}",
-                f"stopwaitsecs={prog.stopwaitsecs}",
-                "stopasgroup=true",
-                "killasgroup=true",
-                "redirect_stderr=true",
-                f"stdout_logfile={self.logs / name}{'_%(process_num)d' if many else ''}.log",
-                "stdout_logfile_maxbytes=20MB",
-                "stdout_logfile_backups=1",
-            ]
-            if prog.user:
-                lines.append(f"user={prog.user}")
+        for service, (priority, progs) in programs.items():
+            names = [f"{service}_{p.name}" if p.name else service for p in progs]
+            if names != [service]:
+                lines += [f"[group:{service}]", f"programs={','.join(names)}", f"priority={priority}"]
+            for name, prog in zip(names, progs):
+                lines += self._program_lines(name, priority, prog, env_dir)
         self.conf.write_text("\n".join(lines) + "\n")
+
+    def _program_lines(self, name: str, priority: int, prog, env_dir: Path) -> list[str]:
+        if prog.user:
+            command = shlex.join(prog.argv)
+        else:
+            spec = env_dir / f"{name}.json"
+            spec.write_text(json.dumps({"argv": prog.argv, "env": prog.env}))
+            os.chmod(spec, 0o600)
+            command = shlex.join([str(self.ctx.python), "-m", "native.run", str(spec)])
+        many = prog.numprocs > 1
+        lines = [
+            f"[program:{name}]",
+            f"command={command.replace('%', '%%')}",
+            f"process_name=%(program_name)s{'_%(process_num)d' if many else ''}",
+            f"numprocs={prog.numprocs}",
+            f"priority={priority}",
+            f"directory={prog.directory or self.ctx.root}",
+            "autostart=false",
+            "autorestart=unexpected",
+            "startsecs=1",
+            "startretries=2",
+            f"stopsignal={prog.stopsignal}",
+            f"stopwaitsecs={prog.stopwaitsecs}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={self.logs / name}{'_%(process_num)d' if many else ''}.log",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=1",
+        ]
+        if prog.user:
+            lines.append(f"user={prog.user}")
+        return lines
 
     def ensure_started(self) -> None:
         if self.running():
@@ -185,7 +193,7 @@ def up(ctx: Context, names: list[str]) -> None:
     programs = {}
     for i, service in enumerate(SERVICES.values()):
         if service in services or _prepared(ctx, service):
-            programs[service.name] = (10 * (i + 1), service.program(ctx))
+            programs[service.name] = (10 * (i + 1), service.programs(ctx))
     sup = Supervisor(ctx)
     sup.write_config(programs)
     sup.ensure_started()
@@ -196,7 +204,8 @@ def up(ctx: Context, names: list[str]) -> None:
 
 def _prepared(ctx: Context, service: Service) -> bool:
     conf = Supervisor(ctx).conf
-    return conf.exists() and f"[program:{service.name}]" in conf.read_text()
+    text = conf.read_text() if conf.exists() else ""
+    return f"[program:{service.name}]" in text or f"[group:{service.name}]" in text
 
 
 def down(ctx: Context, volumes: bool) -> None:

@@ -13,6 +13,9 @@ class Program:
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    #: for services of several processes (e.g. airflow: scheduler, dag-processor, api-server):
+    #: each gets its own supervisord program `<service>_<name>`, grouped under the service name
+    name: str | None = None
     user: str | None = None
     directory: str | None = None
     numprocs: int = 1
@@ -34,6 +37,10 @@ class Service:
 
     def program(self, ctx: Context) -> Program:
         raise NotImplementedError
+
+    def programs(self, ctx: Context) -> list[Program]:
+        """The processes of this service; override for more than one (give each a `name`)."""
+        return [self.program(ctx)]
 
     def healthy(self, ctx: Context) -> bool:
         """One health probe, like a compose healthcheck."""

@@ -29,11 +29,14 @@ def rebuild(settings) -> int:
     logging.info("rebuild: aggregates and offsets reset; reconsuming %d messages", sum(ends.values()))
     consumer = StreamConsumer(settings, store)
 
+    watcher = Store(settings.consumer_dsn(), settings.kafka_consumer_group)  # the consumer's own is busy
+
     def caught_up() -> bool:
-        stored = store.stored_offsets()
+        stored = watcher.stored_offsets()
         return all(stored.get(k, 0) >= end for k, end in ends.items())
 
     consumer.run(until=caught_up)
+    watcher.close()
     logging.info("rebuild: done")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -60,6 +61,10 @@ class StreamConsumer:
         self.dead_letters = 0
         self.fenced = 0
         self.commit_seconds = 0.0
+        # One writer thread: Postgres commits batch N (releasing the GIL while it waits) while this
+        # thread decodes batch N+1. The store's connection is used by one thread at a time.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._inflight: tuple | None = None
         self._last_report = time.monotonic()
         self._last_sync = time.monotonic()
         self._last_kafka_error = ""
@@ -72,6 +77,7 @@ class StreamConsumer:
 
     # --- rebalance callbacks (run inside consume()) -------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle()
         stored = self._with_postgres(lambda: self.store.claim([(tp.topic, tp.partition) for tp in partitions]))
         if stored is None:  # shutting down
             return
@@ -91,6 +97,7 @@ class StreamConsumer:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Someone else may already own these: drop the batch instead of racing the new owner.
         log.warning("lost %s (session timed out); abandoning the open batch", _describe(partitions))
+        self._settle()
         self._abandon_batch()
         self._forget(partitions)
         consumer.incremental_unassign(partitions)
@@ -134,9 +141,11 @@ class StreamConsumer:
                 if len(self.batch) and (
                     len(self.batch) >= max_events or time.monotonic() - self.batch_started >= max_wait
                 ):
-                    self.flush()
+                    self.flush(wait=False)
+                elif self._inflight is not None and self._inflight[0].done():
+                    self._settle()
                 self._report()
-                if not len(self.batch) and time.monotonic() - self._last_sync >= 2:
+                if not len(self.batch) and self._inflight is None and time.monotonic() - self._last_sync >= 2:
                     self._resync_if_moved()
                 if until is not None and time.monotonic() - last_until >= 1:
                     last_until = time.monotonic()
@@ -144,7 +153,9 @@ class StreamConsumer:
             # Finish the open batch atomically, then leave the group (its revoke callback runs in close()).
             self.flush()
         finally:
+            self._settle()
             self.consumer.close()
+            self._writer.shutdown()
             self.store.close()
             log.info(
                 "stopped: %d events in %d batches committed (%.1f s in commits), %d dead letters, %d fenced batches",
@@ -176,28 +187,52 @@ class StreamConsumer:
                 self.batch_started = time.monotonic()
             self.batch.add(good)
 
-    def flush(self) -> bool:
-        """Commits the open batch; True if it landed. On a fence, rewinds to the stored offsets."""
+    def flush(self, wait: bool = True) -> bool:
+        """Hands the open batch to the writer thread, which commits it while the next one fills.
+
+        The next batch is built on the optimistic assumption that this one lands; if it does not,
+        the fence refuses the next one too and both are re-read from the stored offsets. With
+        `wait`, returns once everything handed over has landed (True) or was rewound (False)."""
+        if not self._settle():
+            return False
         batch = self.batch
-        if not len(batch):
-            return True
-        high = {}
-        for topic, partition in batch.next_offsets:
-            try:
-                high[(topic, partition)] = self.consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), cached=True
-                )[1]
-            except KafkaException:
-                pass
+        if len(batch):
+            high = {}
+            for topic, partition in batch.next_offsets:
+                try:
+                    high[(topic, partition)] = self.consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), cached=True
+                    )[1]
+                except KafkaException:
+                    pass
+            expected = {k: self.expected[k] for k in batch.next_offsets}
+            self._inflight = (self._writer.submit(self._commit, batch, expected, high), batch, expected)
+            self.expected.update(batch.next_offsets)
+            self.batch = self._new_batch()
+        return self._settle() if wait else True
+
+    def _commit(self, batch: Batch, expected: dict, high: dict):
+        """Runs on the writer thread: the batch's one transaction, retried through outages."""
         started = time.perf_counter()
+        done = self._with_postgres(lambda: self.store.commit(batch, expected, high))
+        return done, time.perf_counter() - started
+
+    def _settle(self) -> bool:
+        """Waits for the batch in flight. On failure rewinds to the stored offsets, dropping the
+        batch built on top of it; a batch Postgres refused switches to one-message replay."""
+        if self._inflight is None:
+            return True
+        future, batch, expected = self._inflight
+        self._inflight = None
         try:
-            done = self._with_postgres(lambda: self.store.commit(batch, self.expected, high))
+            done, seconds = future.result()
         except Fenced as exc:
             self.fenced += 1
             log.warning("batch of %d messages fenced off: %s; resuming from stored offsets", len(batch), exc)
             self._abandon_batch()
             return False
         except psycopg.Error as exc:
+            self.expected.update(expected)
             if self.careful or len(batch) == 1:
                 raise
             # A message Postgres refuses (a poisoned message) must not stall the partition: replay
@@ -213,12 +248,10 @@ class StreamConsumer:
         if done is None:  # stopping while Postgres was unreachable: the batch is simply not committed
             self._abandon_batch()
             return False
-        self.commit_seconds += time.perf_counter() - started
-        self.expected.update(batch.next_offsets)
+        self.commit_seconds += seconds
         self.committed_events += batch.events
         self.committed_batches += 1
         self.dead_letters += len(batch.dead_letters)
-        self.batch = self._new_batch()
         # For lag monitoring only (kafka-consumer-groups, dashboards); Postgres is the truth.
         try:
             self.consumer.commit(

@@ -109,25 +109,29 @@ def test_a_member_paused_past_its_session_timeout_cannot_double_count(pipeline: 
 
 
 def test_a_member_that_lost_its_partitions_mid_commit_cannot_commit_over_its_successor(pipeline: Pipeline):
-    pipeline.env["CONSUMER_MAX_POLL_INTERVAL_MS"] = "4000"
     old_owner = pipeline.start_consumer()
     pipeline.produce(events=5_000, malformed_share=0.01, seed=18)
     pipeline.wait_until_consumed()
     with psycopg.connect(pipeline.dsn) as blocker:
-        # Freeze every commit of the group: the old owner blocks inside its transaction, stops
-        # polling, and is thrown out of the group; the successor reads the same stored offsets.
+        # Hold every commit of the group: the old owner's next transaction waits on the offset rows.
         blocker.execute(
             "SELECT * FROM streaming.consumer_offsets WHERE consumer_group = %s FOR UPDATE", (pipeline.group,)
         )
         pipeline.produce(events=5_000, malformed_share=0.01, seed=19, profiles=False)
         time.sleep(2)
+        # Frozen mid-commit, it misses its heartbeats: the successor takes every partition, reads
+        # the same stored offsets and the same messages, and waits on the same rows.
+        old_owner.send_signal(signal.SIGSTOP)
         successor = pipeline.start_consumer()
         successor_log = pipeline.logs / f"consumer_{len(pipeline.consumers) - 1}.log"
         deadline = time.monotonic() + 60
         while "@" not in _assigned_lines(successor_log) and time.monotonic() < deadline:
             time.sleep(0.5)
-        time.sleep(3)  # the successor has fetched the same messages and waits on the same rows
-    # Lock released: the old owner's commit lands first; the successor's fence must refuse its copy.
+        time.sleep(3)
+    # Lock released: the old owner's offset update was queued first and matches; once it wakes up
+    # its transaction commits, and the successor's fence must refuse the second copy.
+    time.sleep(1)
+    old_owner.send_signal(signal.SIGCONT)
     pipeline.wait_until_consumed()
     time.sleep(3)
     assert "fenced off" in successor_log.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import shutil
 import string
 import uuid
@@ -19,7 +20,9 @@ class KafkaService(Service):
     start_timeout = 90
 
     def home(self, ctx: Context) -> Path:
-        return ctx.cache / f"kafka-{ctx['KAFKA_VERSION']}"
+        # Keyed by the pom too: a change of the jar set downloads a fresh folder.
+        digest = hashlib.sha256((HERE / "pom.xml").read_bytes()).hexdigest()[:8]
+        return ctx.cache / f"kafka-{ctx['KAFKA_VERSION']}-{digest}"
 
     def install(self, ctx: Context) -> None:
         if not shutil.which("java"):

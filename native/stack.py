@@ -5,6 +5,7 @@
 ./stack ps                   what runs, where
 ./stack logs SERVICE [-f]    a service's output
 ./stack stop|start|restart SERVICE...
+./stack test [PYTEST ARGS]   every test tier (each starts the real services it needs)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from native.context import Context, wait_until
 from native.services import SERVICES
-from native.services.base import Service
+from native.services.base import Program, Service
 
 
 class Supervisor:
@@ -48,7 +49,7 @@ class Supervisor:
         except (OSError, Fault):
             return False
 
-    def write_config(self, programs: dict[str, tuple[int, Program]]) -> None:  # noqa: F821
+    def write_config(self, programs: dict[str, tuple[int, list[Program]]]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         env_dir = self.dir / "env"
@@ -77,7 +78,7 @@ class Supervisor:
                 lines += self._program_lines(name, priority, prog, env_dir)
         self.conf.write_text("\n".join(lines) + "\n")
 
-    def _program_lines(self, name: str, priority: int, prog, env_dir: Path) -> list[str]:
+    def _program_lines(self, name: str, priority: int, prog: Program, env_dir: Path) -> list[str]:
         if prog.user:
             command = shlex.join(prog.argv)
         else:

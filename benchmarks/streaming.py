@@ -87,6 +87,29 @@ class Bench:
         )
         return float(re.search(r"\(([\d,]+)/s\)", proc.stderr).group(1).replace(",", ""))
 
+    def steady(self, topic: str, rate: float, seconds: float) -> float:
+        """Our producer in steady-rate mode: the rate it held over `seconds`, events/s."""
+        ensure_topics(self.bootstrap, topic, f"{topic}_profiles", PARTITIONS)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kafka_producer",
+                "--rate",
+                str(rate),
+                "--events",
+                str(int(rate * seconds)),
+                "--no-profiles",
+            ],
+            env=self.env(topic, "unused"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        m = re.search(r"done: ([\d,]+) events in ([\d.]+) s", proc.stderr)
+        return int(m.group(1).replace(",", "")) / float(m.group(2))
+
     def naive_producer(self, topic: str, events: int) -> float:
         """Baseline: a dict per event from Faker, json.dumps, one produce + poll each, default settings."""
         fake = Faker()
@@ -242,6 +265,12 @@ def main() -> None:
         naive = b.naive_producer("bench_naive_producer", 20_000)
         b.report("baseline: Faker dict + json.dumps + produce per event, events/s", f"{naive:,.0f}")
         b.report("producer ratio", f"{ours / naive:.1f}x")
+        for rate in (1_000, 10_000):
+            held = b.steady("bench_steady", rate, 20)
+            b.report(
+                f"kafka_producer --rate {rate:,} for 20 s: held events/s (error)",
+                f"{held:,.1f} ({(held - rate) / rate:+.2%})",
+            )
 
         print("consumer", flush=True)
         rate, _ = b.consume("bench_throughput", "bench_ours", args.events)

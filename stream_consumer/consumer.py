@@ -37,10 +37,10 @@ def consumer_config(settings: Settings) -> dict:
         "session.timeout.ms": settings.consumer_session_timeout_ms,
         "heartbeat.interval.ms": max(100, settings.consumer_session_timeout_ms // 5),
         "max.poll.interval.ms": max(settings.consumer_max_poll_interval_ms, settings.consumer_session_timeout_ms),
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        "fetch.max.bytes": 16 * 1024 * 1024,
+        "max.partition.fetch.bytes": 2 * 1024 * 1024,
         # Bounded prefetch: memory stays flat however far behind the consumer is.
-        "queued.max.messages.kbytes": 16384,
+        "queued.max.messages.kbytes": 4096,
         "log_level": 3,
     }
 

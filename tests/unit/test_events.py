@@ -60,3 +60,10 @@ def test_profiles_follow_the_contract_one_per_user_and_are_reproducible():
     profiles = EventGenerator(users=30, seed=5).profiles(at)
     assert [decode_profile(v, 65536).user_id for _, v in profiles] == list(range(1, 31))
     assert profiles == EventGenerator(users=30, seed=5).profiles(at)
+
+
+def test_event_ids_are_unique_version_4_uuids():
+    gen = EventGenerator(users=10, seed=9)
+    ids = [uuid.UUID(json.loads(gen.event(EPOCH)[1])["event_id"]) for _ in range(20000)]
+    assert len(set(ids)) == len(ids)
+    assert {(i.version, i.variant) for i in ids} == {(4, uuid.RFC_4122)}

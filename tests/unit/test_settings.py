@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from common.settings import REPO_ROOT
-from common.settings import Settings, load_settings
+from common.settings import REPO_ROOT, Settings, load_settings
 
 
 def test_env_file_gives_the_defaults():

@@ -87,28 +87,39 @@ class Bench:
         )
         return float(re.search(r"\(([\d,]+)/s\)", proc.stderr).group(1).replace(",", ""))
 
-    def steady(self, topic: str, rate: float, seconds: float) -> float:
-        """Our producer in steady-rate mode: the rate it held over `seconds`, events/s."""
+    def steady(self, topic: str, rate: float, seconds: int) -> tuple[float, float, float]:
+        """Our producer in steady-rate mode: the average rate and the lowest and highest rate of any
+        whole second, read back from the messages' Kafka timestamps (CreateTime)."""
+        from collections import Counter
+
+        from confluent_kafka import Consumer
+
         ensure_topics(self.bootstrap, topic, f"{topic}_profiles", PARTITIONS)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "kafka_producer",
-                "--rate",
-                str(rate),
-                "--events",
-                str(int(rate * seconds)),
-                "--no-profiles",
-            ],
+        total = int(rate * seconds)
+        subprocess.run(
+            [sys.executable, "-m", "kafka_producer", "--rate", str(rate), "--events", str(total), "--no-profiles"],
             env=self.env(topic, "unused"),
             cwd=ROOT,
             capture_output=True,
-            text=True,
             check=True,
         )
-        m = re.search(r"done: ([\d,]+) events in ([\d.]+) s", proc.stderr)
-        return int(m.group(1).replace(",", "")) / float(m.group(2))
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"{topic}_reader",
+                "auto.offset.reset": "earliest",
+                "log_level": 0,
+            }
+        )
+        c.subscribe([topic])
+        stamps: list[int] = []
+        while len(stamps) < total:
+            stamps += [m.timestamp()[1] for m in c.consume(10_000, timeout=5) if not m.error()]
+        c.close()
+        t0 = min(stamps)
+        per_second = Counter((t - t0) // 1000 for t in stamps)
+        whole = [per_second[s] for s in range(seconds - 1)]  # the last second may be partial
+        return total / ((max(stamps) - t0) / 1000 + 1 / rate), min(whole), max(whole)
 
     def naive_producer(self, topic: str, events: int) -> float:
         """Baseline: a dict per event from Faker, json.dumps, one produce + poll each, default settings."""

@@ -280,6 +280,26 @@ def test_superset_image_adds_the_native_trino_and_postgres_drivers():
     assert "^(trino|psycopg2-binary)==" in (ROOT / "superset" / "Dockerfile").read_text()
 
 
+@pytest.mark.parametrize(
+    ("module", "source"),
+    [
+        ("kafka", "KAFKA_VERSION"),
+        ("trino", "TRINO_VERSION"),
+        ("airflow", "airflow/requirements"),
+        ("airflow", "dbt_project/requirements"),
+        ("superset", "superset/requirements"),
+    ],
+)
+def test_native_service_installs_the_version_compose_runs(module, source):
+    """Native mode downloads by the same .env version or installs the same pinned requirements file."""
+    path = native_module(module)
+    if not path.exists():
+        pytest.skip(f"{path.relative_to(ROOT)} is not written yet")
+    text = path.read_text()
+    folder, _, name = source.partition("/")
+    assert source in text or (name and f'"{folder}"' in text and name in text), source
+
+
 # --- ports ---------------------------------------------------------------------------------
 
 

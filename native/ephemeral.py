@@ -39,6 +39,8 @@ class EphemeralStack:
             "KAFKA_PORT": str(kafka_port),
             "KAFKA_CONTROLLER_PORT": str(free_port()),
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
+            "TRINO_PORT": str(free_port()),
+            "SUPERSET_PORT": str(free_port()),
             **(extra_env or {}),
         }
         self.services = services

@@ -138,7 +138,7 @@ def pins(requirements: Path) -> dict[str, str]:
     for line in requirements.read_text().splitlines():
         match = re.match(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;#]+)", line.strip())
         if match:
-            found[re.sub(r"\[.*\]", "", match.group(1)).lower()] = match.group(2)
+            found[re.sub(r"\[.*\]", "", match.group(1)).lower().replace("_", "-")] = match.group(2)
     return found
 
 
@@ -300,6 +300,19 @@ def test_native_service_installs_the_version_compose_runs(module, source):
     assert source in text or (name and f'"{folder}"' in text and name in text), source
 
 
+@pytest.mark.parametrize(
+    ("lock", "package", "version"),
+    [
+        ("airflow/requirements.lock.txt", "apache-airflow", "AIRFLOW_VERSION"),
+        ("superset/requirements.lock.txt", "apache-superset", "SUPERSET_VERSION"),
+    ],
+)
+def test_native_lock_files_pin_the_image_versions(lock, package, version, env):
+    if not (ROOT / lock).exists():
+        pytest.skip(f"{lock} is not written yet")
+    assert pins(ROOT / lock)[package] == env[version]
+
+
 # --- ports ---------------------------------------------------------------------------------
 
 
@@ -372,6 +385,42 @@ def test_files_the_services_use_inside_their_mounts_exist_in_the_repository(serv
     assert missing == []
     if pending:
         pytest.skip(f"waiting for files of stages not written yet: {pending}")
+
+
+def native_env_keys(module: str) -> set[str]:
+    """The environment a native service module builds for its programs (its string keys in CAPS)."""
+    return set(re.findall(r'"([A-Z][A-Z0-9_]+)"', native_module(module).read_text())) - {"PATH", "HOME"}
+
+
+def test_trino_gets_the_environment_its_config_placeholders_need(services):
+    lines = [
+        line
+        for path in (ROOT / "trino/etc").rglob("*.properties")
+        for line in path.read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    ]
+    needed = set(re.findall(r"\$\{ENV:(\w+)\}", "\n".join(lines)))
+    assert needed and needed <= set(services["trino"]["environment"])
+
+
+def test_trino_health_is_the_native_health_query(services):
+    if not native_module("trino").exists():
+        pytest.skip("native/services/trino.py is not written yet")
+    from native.services.trino import ENV_KEYS, HEALTH_QUERY
+
+    assert HEALTH_QUERY in services["trino"]["healthcheck"]["test"][-1]
+    assert set(ENV_KEYS) <= set(services["trino"]["environment"])
+
+
+@pytest.mark.parametrize("service", ["superset", "superset-init"])
+def test_superset_gets_the_environment_native_mode_sets(service, services):
+    if not native_module("superset").exists():
+        pytest.skip("native/services/superset.py is not written yet")
+    native = {k for k in native_env_keys("superset") if k.startswith(("SUPERSET_", "TRINO_"))}
+    optional = {"SUPERSET_DATA_CACHE_TIMEOUT"}
+    assert native - optional - {"SUPERSET_DB_USER", "SUPERSET_DB_PASSWORD", "SUPERSET_DB", "SUPERSET_PORT"} <= set(
+        services[service]["environment"]
+    )
 
 
 # --- start order, health, state -----------------------------------------------------------

@@ -423,6 +423,37 @@ def test_superset_gets_the_environment_native_mode_sets(service, services):
     )
 
 
+AIRFLOW_SERVICES = ("airflow-init", "airflow-scheduler", "airflow-dag-processor", "airflow-apiserver")
+
+
+def required_env(paths: list[Path]) -> set[str]:
+    """Variables read without a default: dbt's env_var('X') and Python's os.environ["X"]."""
+    names: set[str] = set()
+    for path in paths:
+        text = path.read_text()
+        names |= set(re.findall(r"env_var\(\s*['\"](\w+)['\"]\s*\)", text))
+        names |= set(re.findall(r"os\.environ\[\s*['\"](\w+)['\"]\s*\]", text))
+    return names
+
+
+@pytest.mark.parametrize("service", AIRFLOW_SERVICES)
+def test_airflow_gives_dbt_and_the_dags_every_variable_they_require(service, services):
+    sources = [*(ROOT / "dbt_project").rglob("*.yml"), *(ROOT / "dbt_project").rglob("*.sql")]
+    sources += [*(ROOT / "airflow").rglob("*.py")]
+    needed = required_env(sources)
+    if not needed:
+        pytest.skip("neither dbt_project/ nor airflow/ reads the environment yet")
+    assert needed - set(services[service]["environment"]) == set()
+
+
+@pytest.mark.parametrize("service", ["superset", "superset-init"])
+def test_superset_gives_its_config_and_provisioning_every_variable_they_require(service, services):
+    needed = required_env(sorted((ROOT / "superset").glob("*.py")))
+    if not needed:
+        pytest.skip("superset/ reads no environment yet")
+    assert needed - set(services[service]["environment"]) == set()
+
+
 # --- start order, health, state -----------------------------------------------------------
 
 

@@ -206,6 +206,21 @@ def test_every_secret_in_env_is_marked_as_a_development_default(env):
     assert secrets and [k for k in secrets if DEV_MARKER not in env[k]] == []
 
 
+def test_no_credential_is_written_in_the_compose_file(raw):
+    """Passwords, secrets and tokens come from .env only."""
+    literal = []
+    for name, service in raw["services"].items():
+        environment = service.get("environment") or {}
+        for key, value in environment.items() if isinstance(environment, dict) else []:
+            if (
+                re.search(r"PASSWORD|SECRET|TOKEN", key)
+                and not key.endswith("_FILE")
+                and not re.fullmatch(r"\$\{[A-Z_]+\}", str(value))
+            ):
+                literal.append(f"{name}: {key}")
+    assert literal == []
+
+
 def test_official_images_take_their_version_from_env(raw):
     images = {name: s["image"] for name, s in raw["services"].items() if "build" not in s and "image" in s}
     assert [f"{n}: {i}" for n, i in images.items() if not re.search(r":\$\{[A-Z_]+_VERSION\}$", i)] == []

@@ -6,6 +6,7 @@ from native.services.apps import KafkaProducerService, StreamConsumerService
 from native.services.base import Service
 from native.services.kafka import KafkaService
 from native.services.postgres import PostgresService
+from native.services.superset import SupersetService
 from native.services.trino import TrinoService
 
 SERVICES: dict[str, Service] = {
@@ -16,5 +17,6 @@ SERVICES: dict[str, Service] = {
         StreamConsumerService(),
         KafkaProducerService(),
         TrinoService(),
+        SupersetService(),
     )
 }

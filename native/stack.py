@@ -6,6 +6,7 @@
 ./stack logs SERVICE [-f]    a service's output
 ./stack stop|start|restart SERVICE...
 ./stack test [PYTEST ARGS]   every test tier (each starts the real services it needs)
+./stack trino-cli [ARGS]     the Trino CLI, connected to this stack's Trino (catalog postgresql)
 """
 
 from __future__ import annotations
@@ -257,6 +258,27 @@ def control(ctx: Context, verb: str, names: list[str]) -> None:
             start_and_wait(ctx, sup, service)
 
 
+def trino_cli(ctx: Context, args: list[str]) -> None:
+    from native.services.trino import TrinoService
+
+    trino = TrinoService()
+    jar, java = trino.install_cli(ctx), trino.java(ctx) / "bin" / "java"
+    server = f"{ctx['TRINO_HOST']}:{ctx['TRINO_PORT']}"
+    argv = [
+        str(java),
+        "--enable-native-access=ALL-UNNAMED",
+        "-jar",
+        str(jar),
+        "--server",
+        server,
+        "--catalog",
+        "postgresql",
+        "--schema",
+        "analytics",
+    ]
+    os.execv(str(java), argv + args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="./stack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -274,8 +296,11 @@ def main(argv: list[str] | None = None) -> None:
     p_logs.add_argument("-n", "--tail", type=int, default=100)
     p_test = sub.add_parser("test", help="run every test tier (unit, integration, e2e)", add_help=False)
     p_test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    sub.add_parser("trino-cli", help="Trino's SQL console against the running Trino (any trino CLI options)")
     for verb in ("start", "stop", "restart"):
         sub.add_parser(verb, help=f"{verb} services").add_argument("services", nargs="+")
+    if argv and argv[0] == "trino-cli":  # every later word is the CLI's own (--execute, --output-format...)
+        trino_cli(Context(), argv[1:])
     args = parser.parse_args(argv)
     ctx = Context()
     if args.verb == "test":

@@ -1,0 +1,157 @@
+"""End-to-end tier: the whole native stack, started once per session by `./stack up` on free ports.
+
+Postgres, Kafka, the stream consumer, Airflow (dbt every minute) when the stack has it, Trino and
+Superset. No producer service: each test produces exactly the events it checks. Tests of this tier
+share the stack, so each one checks what its own events changed (deltas, or its own user ids).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+
+from native.context import Context
+from native.ephemeral import ROOT, EphemeralStack
+from native.services import SERVICES
+from tests.e2e.events import KnownEvents, plan, produce
+from tests.e2e.superset_api import SupersetClient
+
+SERVICE_NAMES = [s for s in ("postgres", "kafka", "stream_consumer", "airflow", "trino", "superset") if s in SERVICES]
+
+
+@pytest.fixture(scope="session")
+def stack():
+    # The dashboard tests' browser; installed here so that a fresh machine (CI) gets it too.
+    Context().apt_install("chromium", "chromium-driver")
+    s = EphemeralStack(SERVICE_NAMES, {"CONSUMER_BATCH_MAX_MS": "100"})
+    try:
+        s.up()
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="session")
+def env(stack) -> dict[str, str]:
+    """The stack's settings: .env with the ephemeral ports and folders on top."""
+    return Context({**Context().env, **stack.env}).env
+
+
+@pytest.fixture(scope="session")
+def superset(env) -> SupersetClient:
+    client = SupersetClient(f"http://127.0.0.1:{env['SUPERSET_PORT']}")
+    client.login(env["SUPERSET_ADMIN_USER"], env["SUPERSET_ADMIN_PASSWORD"])
+    return client
+
+
+# --- waiting for the pipeline ---------------------------------------------------------------
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def query(dsn: str, sql: str, params=None) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def marts_match_streaming(dsn: str) -> bool:
+    """A dbt build ran and saw every event the consumer has counted (and the consumer is caught up)."""
+    try:
+        ((streaming, analytics, lag),) = query(
+            dsn,
+            "SELECT (SELECT coalesce(sum(event_count), 0) FROM streaming.user_events),"
+            " (SELECT coalesce(sum(total_events), 0) FROM analytics.user_event_summary),"
+            " (SELECT coalesce(sum(high_watermark - next_offset), 0) FROM streaming.consumer_offsets)",
+        )
+    except psycopg.errors.UndefinedTable:  # no dbt build yet
+        return False
+    return streaming == analytics and lag == 0
+
+
+def run_dbt(env: dict[str, str]) -> None:
+    """Without an Airflow service (yet), the test runs the same `dbt build` the DAG runs."""
+    ctx = Context(env)
+    venv = ctx.venv("dbt", ROOT / "dbt_project" / "requirements.lock.txt")
+    with tempfile.TemporaryDirectory() as scratch:
+        ctx.run(
+            [
+                str(venv / "bin" / "dbt"),
+                "build",
+                "--project-dir",
+                "dbt_project",
+                "--profiles-dir",
+                "dbt_project",
+                "--target-path",
+                f"{scratch}/target",
+                "--log-path",
+                f"{scratch}/logs",
+            ],
+            "dbt build",
+            cwd=ROOT,
+            env={**env, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        )
+
+
+def wait_for_marts(dsn: str, env: dict[str, str], check, what: str) -> None:
+    """Until `check` holds after a dbt build: the scheduled one (Airflow, every minute)."""
+    if "airflow" in SERVICE_NAMES:
+        wait_for(check, 240, f"{what} (scheduled dbt run)", interval=2)
+    else:
+        if not check():
+            run_dbt(env)
+        wait_for(check, 10, what)
+
+
+# --- the known events every serving test checks ------------------------------------------------
+
+
+@dataclass
+class Produced:
+    known: KnownEvents
+    produced_at: float
+    before: dict[str, list[dict]]
+    after: dict[str, list[dict]]
+
+
+def chart_snapshot(superset: SupersetClient) -> dict[str, list[dict]]:
+    return {title: superset.chart_data(chart) for title, chart in superset.charts().items()}
+
+
+@pytest.fixture(scope="session")
+def produced(stack, env, superset) -> Produced:
+    """Produces a known set of events once the pipeline is settled, waits until the consumer and
+    then a dbt build have them, and keeps every chart's data from before and after."""
+    dsn = stack.owner_dsn()
+    wait_for_marts(dsn, env, lambda: marts_match_streaming(dsn), "the marts to catch up with earlier events")
+    before = chart_snapshot(superset)
+    (above,) = query(
+        dsn, "SELECT coalesce(max(t), 0) FROM (SELECT sum(event_count) t FROM streaming.user_events GROUP BY user_id) s"
+    )[0]
+    known = plan(first_user_id=9_000_001, above=int(above)).build(dt.datetime.now(dt.UTC))
+    produced_at = time.time()
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_TOPIC"], known.events)
+
+    def totals(table: str, column: str) -> dict[int, int]:
+        rows = query(
+            dsn, f"SELECT user_id, sum({column}) FROM {table} WHERE user_id = ANY(%s) GROUP BY 1", (known.user_ids,)
+        )
+        return {u: int(n) for u, n in rows}
+
+    expected = {u.user_id: u.total for u in known.users}
+    wait_for(lambda: totals("streaming.user_events", "event_count") == expected, 60, "the consumer to count the events")
+    wait_for_marts(dsn, env, lambda: totals("analytics.user_event_summary", "total_events") == expected, "the marts")
+    return Produced(known, produced_at, before, chart_snapshot(superset))

@@ -1,0 +1,90 @@
+"""A small client for Superset's REST API (login, CSRF, chart data), standard library only."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+
+DASHBOARD_SLUG = "realtime-behavioral-analytics"
+
+
+class SupersetClient:
+    def __init__(self, base_url: str) -> None:
+        self.base = base_url.rstrip("/")
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.csrf: str | None = None
+
+    def request(self, method: str, path: str, body: dict | None = None, expect: int | None = 200):
+        """(status, parsed JSON or text); raises if `expect` is given and the status differs."""
+        headers = {"Referer": self.base + "/", "Accept": "application/json"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body).encode()
+        if self.csrf:
+            headers["X-CSRFToken"] = self.csrf
+        req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with self.opener.open(req, timeout=120) as resp:
+                status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as err:
+            status, raw, ctype = err.code, err.read(), err.headers.get("Content-Type", "")
+        payload = json.loads(raw) if "json" in ctype and raw else raw.decode(errors="replace")
+        if expect is not None and status != expect:
+            raise AssertionError(f"{method} {path}: HTTP {status} (want {expect}): {str(payload)[:500]}")
+        return status, payload
+
+    def login(self, username: str, password: str) -> None:
+        """A browser's login (session cookie). Not the API's bearer token: with a Public role, FAB
+        lets a request through as anonymous whenever Public holds the permission, token or not."""
+        page = self.opener.open(self.base + "/login/", timeout=60).read().decode()
+        self.csrf = re.search(r'name="csrf_token"\s+id="csrf_token"\s+value="([^"]+)"', page).group(1)
+        form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": self.csrf})
+        req = urllib.request.Request(self.base + "/login/", data=form.encode(), headers={"Referer": self.base + "/"})
+        self.opener.open(req, timeout=60).read()
+        me = self.request("GET", "/api/v1/me/")[1]["result"]
+        if me.get("username") != username:
+            raise AssertionError(f"login as {username} failed: {me}")
+
+    def get(self, path: str, **query) -> dict:
+        if query:
+            path += "?q=" + urllib.parse.quote(_rison(query))
+        return self.request("GET", path)[1]
+
+    def dashboard(self, slug: str = DASHBOARD_SLUG) -> dict:
+        return self.get(f"/api/v1/dashboard/{slug}")["result"]
+
+    def charts(self, slug: str = DASHBOARD_SLUG) -> dict[str, dict]:
+        """The dashboard's charts by title, each with its saved query context."""
+        out = {}
+        for chart in self.get(f"/api/v1/dashboard/{slug}/charts")["result"]:
+            full = self.get(f"/api/v1/chart/{chart['id']}")["result"]
+            out[full["slice_name"]] = full
+        return out
+
+    def chart_data(self, chart: dict, filters: list[dict] | None = None, force: bool = True) -> list[dict]:
+        """The rows the chart draws, by its saved query context: what the dashboard asks Superset
+        for (through Trino). `filters` are added the way a dashboard filter would add them."""
+        context = json.loads(chart["query_context"])
+        context["force"] = force
+        for query in context["queries"]:
+            query["filters"] = [*query.get("filters", []), *(filters or [])]
+        result = self.request("POST", "/api/v1/chart/data", context)[1]["result"]
+        return result[0]["data"]
+
+
+def _rison(value) -> str:
+    """Just enough Rison for Superset's `q=` parameters."""
+    if isinstance(value, dict):
+        return "(" + ",".join(f"{k}:{_rison(v)}" for k, v in value.items()) + ")"
+    if isinstance(value, list | tuple):
+        return "!(" + ",".join(_rison(v) for v in value) + ")"
+    if isinstance(value, bool):
+        return "!t" if value else "!f"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("!", "!!").replace("'", "!'") + "'"

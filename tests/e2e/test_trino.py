@@ -1,0 +1,132 @@
+"""Trino federates the warehouse (Postgres, read-only) and the live Kafka topic."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import time
+
+import pytest
+
+import trino
+from tests.e2e.conftest import query
+from tests.e2e.events import event, produce
+
+
+def connect(env: dict[str, str]):
+    return trino.dbapi.connect(host="127.0.0.1", port=int(env["TRINO_PORT"]), user="e2e", catalog="postgresql")
+
+
+def trino_rows(env: dict[str, str], sql: str) -> list[list]:
+    with connect(env) as conn:
+        cur = conn.cursor()
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+def normal(value):
+    """One representation for what the two drivers return for the same value."""
+    if isinstance(value, decimal.Decimal | float):
+        return round(float(value), 4)
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    return value
+
+
+def table(rows) -> list[tuple]:
+    return sorted((tuple(normal(v) for v in row) for row in rows), key=repr)
+
+
+def test_every_mart_reads_the_same_through_trino_as_in_postgres(stack, env, produced):
+    dsn = stack.owner_dsn()
+    marts = [
+        name
+        for (name,) in query(
+            dsn,
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'analytics' "
+            "AND table_name NOT LIKE 'stg\\_%' ORDER BY 1",
+        )
+    ]
+    assert {"user_event_summary", "event_type_distribution", "purchase_conversion_by_user"} <= set(marts)
+    differ = []
+    for mart in marts:
+        for _attempt in range(3):  # a dbt build may replace a table between the two reads
+            columns = [
+                c
+                for (c,) in query(
+                    dsn,
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = 'analytics' AND table_name = %s ORDER BY ordinal_position",
+                    (mart,),
+                )
+            ]
+            select = ", ".join(f'"{c}"' for c in columns)
+            in_postgres = table(query(dsn, f"SELECT {select} FROM analytics.{mart}"))
+            in_trino = table(trino_rows(env, f"SELECT {select} FROM postgresql.analytics.{mart}"))
+            if in_postgres == in_trino:
+                break
+            time.sleep(2)
+        else:
+            differ.append(f"{mart}: postgres {in_postgres[:3]}... trino {in_trino[:3]}...")
+        assert in_postgres, f"{mart} is empty"
+    assert differ == []
+
+
+def test_kafka_catalog_shows_the_events_just_produced(env):
+    start = dt.datetime.now(dt.UTC)
+    session = "7a1f0c55-0000-4000-8000-000000000001"
+    sent = [
+        event(8_000_001 + i % 3, ("view", "click", "purchase")[i % 3], session, start, 5.0 if i % 3 == 2 else None)
+        for i in range(30)
+    ]
+    produce(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_TOPIC"], sent)
+    # _timestamp (the Kafka record time) is pushed down: Trino reads only the partitions' tails.
+    since = (start - dt.timedelta(seconds=5)).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    rows = trino_rows(
+        env,
+        "SELECT event_id, user_id, event_type, occurred_at, amount, message_key FROM kafka.default.user_events "
+        f"WHERE _timestamp >= TIMESTAMP '{since} UTC' AND session_id = '{session}'",
+    )
+    got = {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
+    want = {
+        e["event_id"]: (
+            e["user_id"],
+            e["event_type"],
+            dt.datetime.fromisoformat(e["occurred_at"]),
+            e["amount"],
+            str(e["user_id"]),
+        )
+        for e in sent
+    }
+    assert got == want
+
+
+def test_one_statement_joins_the_live_topic_with_the_warehouse(env, produced):
+    rows = trino_rows(
+        env,
+        "SELECT s.user_id, s.total_events, count(k.event_id) AS in_topic "
+        "FROM postgresql.analytics.user_event_summary s "
+        # from the raw message: a contract-breaking message anyone produced can't fail the query
+        "JOIN kafka.default.user_events k "
+        "ON try_cast(json_extract_scalar(k._message, '$.user_id') AS bigint) = s.user_id "
+        f"WHERE s.user_id IN ({', '.join(map(str, produced.known.user_ids))}) GROUP BY 1, 2",
+    )
+    assert sorted(rows) == sorted([u.user_id, u.total, u.total] for u in produced.known.users)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO postgresql.analytics.user_event_summary VALUES (1, 1, 1, 1, 3)",
+        "DELETE FROM postgresql.streaming.user_events",
+        "CREATE TABLE postgresql.analytics.trino_was_here (x int)",
+        "DROP TABLE postgresql.analytics.user_event_summary",
+    ],
+    ids=["insert", "delete", "create", "drop"],
+)
+def test_writes_through_trino_are_refused(env, statement):
+    with pytest.raises(trino.exceptions.TrinoUserError) as refused:
+        trino_rows(env, statement)
+    assert refused.value.error_name == "PERMISSION_DENIED"

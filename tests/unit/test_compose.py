@@ -418,6 +418,12 @@ def test_trino_gets_the_environment_its_config_placeholders_need(services):
     assert needed and needed <= set(services["trino"]["environment"])
 
 
+def test_trino_kafka_table_reads_the_topic_env_names(env):
+    """Compose mounts trino/etc as is, so its Kafka table must name .env's topic."""
+    spec = json.loads((ROOT / "trino/etc/kafka/user_events.json").read_text())
+    assert spec["topicName"] == env["KAFKA_TOPIC"]
+
+
 def test_trino_health_is_the_native_health_query(services):
     if not native_module("trino").exists():
         pytest.skip("native/services/trino.py is not written yet")

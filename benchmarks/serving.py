@@ -1,0 +1,182 @@
+"""Serving benchmarks: how fast the dashboard's charts answer, through Trino directly and through
+Superset's chart-data API, and how long an event takes to reach the live timeline.
+
+    .venv/bin/python -m benchmarks.serving [--rounds 20] [--rate 1000] [--warmup 60]
+
+Starts its own throwaway native stack (Postgres, Kafka, consumer, producer at --rate, Airflow when
+the stack has it, Trino, Superset) on free ports, lets the producer fill it for --warmup seconds,
+then measures:
+- each chart's SQL (as Superset generates it, `result_type: query`) run through Trino;
+- each chart's data through Superset's API, uncached (`force`) and as a dashboard refresh asks
+  for it (cache allowed);
+- event to dashboard: one marker event produced, then the timeline chart's data polled every
+  100 ms the way the dashboard's refresh asks for it, until the event is in it;
+- Trino's and Superset's start-up time (`./stack up`) and resident memory (process trees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from collections import defaultdict
+
+import psutil
+
+import trino
+from native.context import Context
+from native.ephemeral import EphemeralStack
+from native.services import SERVICES
+from native.stack import Supervisor
+from tests.e2e.conftest import marts_match_streaming, run_dbt
+from tests.e2e.events import event, produce
+from tests.e2e.superset_api import SupersetClient
+
+TIMELINE = "Real-time event timeline (events per minute)"
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(samples: list[float]) -> str:
+    return f"p50 {pct(samples, 0.5) * 1000:,.0f} ms / p95 {pct(samples, 0.95) * 1000:,.0f} ms (n={len(samples)})"
+
+
+def rss_mib(ctx: Context, service: str) -> float:
+    total = 0
+    for info in Supervisor(ctx).processes(service):
+        proc = psutil.Process(info["pid"])
+        total += sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+    return total / 2**20
+
+
+class Bench:
+    def __init__(self, stack: EphemeralStack, env: dict[str, str]) -> None:
+        self.stack, self.env = stack, env
+        self.superset = SupersetClient(f"http://127.0.0.1:{env['SUPERSET_PORT']}")
+        self.superset.login(env["SUPERSET_ADMIN_USER"], env["SUPERSET_ADMIN_PASSWORD"])
+        self.charts = self.superset.charts()
+
+    def report(self, name: str, value: str) -> None:
+        print(f"  {name:<62} {value}", flush=True)
+
+    def chart_sql(self, chart: dict) -> str:
+        context = json.loads(chart["query_context"])
+        context["result_type"] = "query"
+        result = self.superset.request("POST", "/api/v1/chart/data", context)[1]["result"]
+        return result[0]["query"].strip().rstrip(";")  # as Superset shows it, one statement
+
+    def through_trino(self, rounds: int) -> None:
+        conn = trino.dbapi.connect(host="127.0.0.1", port=int(self.env["TRINO_PORT"]), user="bench")
+        cur = conn.cursor()
+        every = []
+        for title, chart in self.charts.items():
+            sql = self.chart_sql(chart)
+            samples = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                cur.execute(sql)
+                cur.fetchall()
+                samples.append(time.perf_counter() - started)
+            every += samples
+            self.report(f"Trino: {title[:50]}", ms(samples))
+        self.report("Trino: every chart's query", ms(every))
+
+    def through_superset(self, rounds: int) -> None:
+        for force, label in ((True, "uncached"), (False, "as a refresh asks (cache allowed)")):
+            every = []
+            for chart in self.charts.values():
+                for _ in range(rounds):
+                    started = time.perf_counter()
+                    self.superset.chart_data(chart, force=force)
+                    every.append(time.perf_counter() - started)
+            self.report(f"Superset chart-data API, {label}", ms(every))
+
+    def event_to_dashboard(self, rounds: int) -> None:
+        chart = self.charts[TIMELINE]
+        samples = []
+        for i in range(1, rounds + 1):
+            marker = event(1, "probe", "9b8f4a10-0000-4000-8000-000000000001", _now())
+            started = time.time()
+            produce(self.env["KAFKA_BOOTSTRAP_SERVERS"], self.env["KAFKA_TOPIC"], [marker])
+            while True:
+                rows = self.superset.chart_data(chart, force=False)
+                if sum(int(r.get("probe") or 0) for r in rows) >= i:
+                    samples.append(time.time() - started)
+                    break
+                if time.time() - started > 60:
+                    raise SystemExit("benchmark: the marker event never reached the timeline")
+                time.sleep(0.1)
+            time.sleep(1)
+        self.report(
+            "event -> timeline chart data (a dashboard refresh sees it)", ms(samples) + f", max {max(samples):.2f} s"
+        )
+
+
+def _now():
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rate", type=int, default=1000, help="producer events/s during the benchmark")
+    parser.add_argument("--warmup", type=int, default=60, help="seconds of production before measuring")
+    args = parser.parse_args()
+    services = [
+        s
+        for s in ("postgres", "kafka", "stream_consumer", "kafka_producer", "airflow", "trino", "superset")
+        if s in SERVICES
+    ]
+    print(
+        f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+        f"stack: {', '.join(services)}; producer {args.rate}/s",
+        flush=True,
+    )
+    stack = EphemeralStack(services, {"PRODUCER_RATE": str(args.rate)})
+    try:
+        proc = stack("up", *services, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"./stack up failed:\n{proc.stderr[-3000:]}")
+        ctx = Context({**Context().env, **stack.env})
+        env = ctx.env
+        started = defaultdict(float)
+        for name, seconds in re.findall(r"stack: (\w+) is healthy \(([\d.]+) s\)", proc.stderr):
+            started[name] = float(seconds)
+        time.sleep(args.warmup)
+        dsn = stack.owner_dsn()
+        if "airflow" not in services:
+            run_dbt(env)
+        else:
+            while not marts_match_streaming(dsn) and not _marts_exist(dsn):
+                time.sleep(2)
+        bench = Bench(stack, env)
+        print("serving:", flush=True)
+        bench.report("Trino start-up (./stack up trino, to a real read)", f"{started['trino']:.1f} s")
+        bench.report("Superset start-up (provisioning + gunicorn, to /health)", f"{started['superset']:.1f} s")
+        bench.through_trino(args.rounds)
+        bench.through_superset(args.rounds)
+        bench.event_to_dashboard(args.rounds)
+        bench.report("Trino RSS (launcher + JVM)", f"{rss_mib(ctx, 'trino'):,.0f} MiB")
+        bench.report("Superset RSS (gunicorn master + 2 workers)", f"{rss_mib(ctx, 'superset'):,.0f} MiB")
+        load = os.getloadavg()
+        print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
+    finally:
+        stack.down()
+
+
+def _marts_exist(dsn: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return bool(conn.execute("SELECT to_regclass('analytics.user_event_summary')").fetchone()[0])
+
+
+if __name__ == "__main__":
+    main()

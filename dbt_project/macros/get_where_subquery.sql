@@ -1,0 +1,20 @@
+{#-
+`where: written_by_last_build` (set for every mart test in dbt_project.yml): a test reads only
+the mart rows the last build wrote, by their xmin. Rows an incremental build did not touch were
+tested when they were written, so a build's tests grow with its changes, not with history; a
+table mart is rewritten whole, so its tests read every row.
+`where: whole_mart` hands a test the mart itself (reconciliations). Any other `where` works as in dbt.
+-#}
+{% macro get_where_subquery(relation) -%}
+    {%- if config.get('where') == 'written_by_last_build' -%}
+        {%- set filtered -%}
+            (select * from {{ relation }}
+             where {{ xid_follows_or_equals(source_xid(), last_build_watermark(relation)) }}) as dbt_subquery
+        {%- endset -%}
+        {%- do return(filtered) -%}
+    {%- elif config.get('where') == 'whole_mart' -%}
+        {%- do return(relation) -%}
+    {%- else -%}
+        {%- do return(dbt.default__get_where_subquery(relation)) -%}
+    {%- endif -%}
+{%- endmacro %}

@@ -17,6 +17,7 @@ then measures:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import re
@@ -30,8 +31,8 @@ from native.context import Context
 from native.ephemeral import EphemeralStack
 from native.services import SERVICES
 from native.stack import Supervisor
-from tests.e2e.conftest import marts_match_streaming, run_dbt
 from tests.e2e.events import event, produce
+from tests.e2e.pipeline import marts_exist, marts_match_streaming, run_dbt
 from tests.e2e.superset_api import SupersetClient
 
 TIMELINE = "Real-time event timeline (events per minute)"
@@ -100,7 +101,7 @@ class Bench:
         chart = self.charts[TIMELINE]
         samples = []
         for i in range(1, rounds + 1):
-            marker = event(1, "probe", "9b8f4a10-0000-4000-8000-000000000001", _now())
+            marker = event(1, "probe", "9b8f4a10-0000-4000-8000-000000000001", dt.datetime.now(dt.UTC))
             started = time.time()
             produce(self.env["KAFKA_BOOTSTRAP_SERVERS"], self.env["KAFKA_TOPIC"], [marker])
             while True:
@@ -115,12 +116,6 @@ class Bench:
         self.report(
             "event -> timeline chart data (a dashboard refresh sees it)", ms(samples) + f", max {max(samples):.2f} s"
         )
-
-
-def _now():
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC)
 
 
 def main() -> None:
@@ -151,11 +146,11 @@ def main() -> None:
             started[name] = float(seconds)
         time.sleep(args.warmup)
         dsn = stack.owner_dsn()
-        if "airflow" not in services:
-            run_dbt(env)
-        else:
-            while not marts_match_streaming(dsn) and not _marts_exist(dsn):
+        if "airflow" in services:  # the first scheduled dbt run builds the marts
+            while not marts_match_streaming(dsn) and not marts_exist(dsn):
                 time.sleep(2)
+        else:
+            run_dbt(env)
         bench = Bench(stack, env)
         print("serving:", flush=True)
         bench.report("Trino start-up (./stack up trino, to a real read)", f"{started['trino']:.1f} s")
@@ -169,13 +164,6 @@ def main() -> None:
         print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
     finally:
         stack.down()
-
-
-def _marts_exist(dsn: str) -> bool:
-    import psycopg
-
-    with psycopg.connect(dsn) as conn:
-        return bool(conn.execute("SELECT to_regclass('analytics.user_event_summary')").fetchone()[0])
 
 
 if __name__ == "__main__":

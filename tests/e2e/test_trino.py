@@ -9,8 +9,8 @@ import time
 import pytest
 
 import trino
-from tests.e2e.conftest import query
 from tests.e2e.events import event, produce
+from tests.e2e.pipeline import query
 
 
 def connect(env: dict[str, str]):

@@ -1,0 +1,85 @@
+"""Waiting for the pipeline: the consumer, then a dbt build, as the end-to-end tests and the serving
+benchmark see them (Postgres as the stack's owner)."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import psycopg
+
+from native.context import Context
+from native.ephemeral import ROOT
+from native.services import SERVICES
+
+#: The end-to-end stack: every service but the producer (each test produces what it checks).
+SERVICE_NAMES = [s for s in ("postgres", "kafka", "stream_consumer", "airflow", "trino", "superset") if s in SERVICES]
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def query(dsn: str, sql: str, params=None) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def marts_match_streaming(dsn: str) -> bool:
+    """A dbt build ran and saw every event the consumer has counted (and the consumer is caught up)."""
+    try:
+        ((streaming, analytics, lag),) = query(
+            dsn,
+            "SELECT (SELECT coalesce(sum(event_count), 0) FROM streaming.user_events),"
+            " (SELECT coalesce(sum(total_events), 0) FROM analytics.user_event_summary),"
+            " (SELECT coalesce(sum(high_watermark - next_offset), 0) FROM streaming.consumer_offsets)",
+        )
+    except psycopg.errors.UndefinedTable:  # no dbt build yet
+        return False
+    return streaming == analytics and lag == 0
+
+
+def run_dbt(env: dict[str, str]) -> None:
+    """Without an Airflow service, the test builds the marts itself (`dbt run`: the models the DAG
+    builds; their data tests are the dbt stage's own business)."""
+    ctx = Context(env)
+    venv = ctx.venv("dbt", ROOT / "dbt_project" / "requirements.lock.txt")
+    with tempfile.TemporaryDirectory() as scratch:
+        ctx.run(
+            [
+                str(venv / "bin" / "dbt"),
+                "run",
+                "--project-dir",
+                "dbt_project",
+                "--profiles-dir",
+                "dbt_project",
+                "--target-path",
+                f"{scratch}/target",
+                "--log-path",
+                f"{scratch}/logs",
+            ],
+            "dbt run",
+            cwd=ROOT,
+            env={**env, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+        )
+
+
+def wait_for_marts(dsn: str, env: dict[str, str], check, what: str) -> None:
+    """Until `check` holds after a dbt build: the scheduled one (Airflow, every minute)."""
+    if "airflow" in SERVICES:
+        wait_for(check, 240, f"{what} (scheduled dbt run)", interval=2)
+    else:
+        if not check():
+            run_dbt(env)
+        wait_for(check, 10, what)
+
+
+def marts_exist(dsn: str) -> bool:
+    return bool(query(dsn, "SELECT to_regclass('analytics.user_event_summary')")[0][0])

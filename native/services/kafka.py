@@ -69,7 +69,9 @@ class KafkaService(Service):
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         ctx.log(f"formatting Kafka storage at {data} (cluster {cluster_id})")
         ctx.run(
-            self._java(ctx, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)),
+            self._java(
+                ctx, "kafka.tools.StorageTool", "format", "--standalone", f"--cluster-id={cluster_id}", "-c", str(props)
+            ),
             "kafka storage format",
         )
 

@@ -1,0 +1,352 @@
+"""dbt against the integration tier's Postgres: events written to `streaming` through the
+consumer's own aggregation and store (no Kafka needed), dbt run from its own virtualenv, and the
+marts computed independently from the same events, in Python."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import subprocess
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import psycopg
+
+from native.context import Context
+from native.ephemeral import ROOT, EphemeralStack
+from stream_consumer.batch import Batch
+from stream_consumer.store import Store
+
+TOPIC, PROFILES = "dbt_events", "dbt_profiles"
+KNOWN_TYPES = ("view", "click", "purchase")
+STREAMING = "streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users"
+
+
+@dataclass(frozen=True)
+class Event:
+    user_id: int
+    event_type: str
+    session_id: uuid.UUID
+    occurred_at: dt.datetime
+    amount: Decimal | None = None
+
+    def json(self) -> bytes:
+        return json.dumps(
+            {
+                "schema_version": 1,
+                "event_id": str(uuid.uuid4()),
+                "event_type": self.event_type,
+                "user_id": self.user_id,
+                "session_id": str(self.session_id),
+                "occurred_at": self.occurred_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "amount": None if self.amount is None else float(self.amount),
+            }
+        ).encode()
+
+
+@dataclass(frozen=True)
+class Profile:
+    user_id: int
+    country: str
+    plan: str
+    signup_date: dt.date
+    updated_at: dt.datetime
+
+    def json(self) -> bytes:
+        return json.dumps(
+            {
+                "user_id": self.user_id,
+                "name": f"User {self.user_id}",
+                "email": f"user{self.user_id}@example.com",
+                "country": self.country,
+                "signup_date": self.signup_date.isoformat(),
+                "plan": self.plan,
+                "updated_at": self.updated_at.isoformat(),
+            }
+        ).encode()
+
+
+class Message:
+    """What Batch.add reads of a Kafka message."""
+
+    def __init__(self, topic: str, offset: int, key: int, value: bytes) -> None:
+        self._topic, self._offset, self._key, self._value = topic, offset, str(key).encode(), value
+
+    def topic(self):
+        return self._topic
+
+    def partition(self):
+        return 0
+
+    def offset(self):
+        return self._offset
+
+    def key(self):
+        return self._key
+
+    def value(self):
+        return self._value
+
+    def error(self):
+        return None
+
+
+def events(
+    rng: random.Random, n: int, users: range, start: dt.datetime, span: dt.timedelta, sessions: dict | None = None
+) -> list[Event]:
+    """`n` events of `users` between start and start + span; each user's current session changes now and then."""
+    sessions = {} if sessions is None else sessions
+    out = []
+    for _ in range(n):
+        user = rng.choice(users)
+        if user not in sessions or rng.random() < 0.1:
+            sessions[user] = uuid.UUID(int=rng.getrandbits(128), version=4)
+        kind = rng.random()
+        event_type = "view" if kind < 0.6 else "click" if kind < 0.85 else "purchase" if kind < 0.97 else "share"
+        amount = Decimal(rng.randrange(100, 30000)) / 100 if event_type == "purchase" else None
+        at = start + dt.timedelta(seconds=rng.uniform(0, span.total_seconds()))
+        out.append(
+            Event(user, event_type, sessions[user], at.replace(microsecond=at.microsecond // 1000 * 1000), amount)
+        )
+    return out
+
+
+class Streaming:
+    """Writes events and profiles with the consumer's own code: Batch aggregates, Store commits
+    (one transaction per batch, with the offsets), exactly as the running consumer would."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.store = Store(dsn, "dbt_tests")
+        self.offsets = {TOPIC: 0, PROFILES: 0}
+        self.events: list[Event] = []
+        self.profiles: dict[int, Profile] = {}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {STREAMING}")
+            conn.execute("DELETE FROM streaming.consumer_offsets WHERE consumer_group = 'dbt_tests'")
+
+    def batch(self, new_events: list[Event], profiles: list[Profile] = ()) -> Batch:
+        batch = Batch(TOPIC, PROFILES, 65536)
+        messages = []
+        for p in profiles:
+            messages.append(Message(PROFILES, self.offsets[PROFILES], p.user_id, p.json()))
+            self.offsets[PROFILES] += 1
+        for e in new_events:
+            messages.append(Message(TOPIC, self.offsets[TOPIC], e.user_id, e.json()))
+            self.offsets[TOPIC] += 1
+        batch.add(messages)
+        assert not batch.dead_letters, batch.dead_letters[:1]
+        return batch
+
+    def write(self, new_events: list[Event], profiles: list[Profile] = ()) -> None:
+        """One consumer transaction; call inside `store.connection().transaction()` to hold it open."""
+        batch = self.batch(new_events, profiles)
+        expected = self.store.claim(list(batch.next_offsets))
+        self.store.commit(batch, expected, {})
+        self.events += new_events
+        for p in profiles:
+            current = self.profiles.get(p.user_id)
+            if current is None or p.updated_at >= current.updated_at:
+                self.profiles[p.user_id] = p
+
+
+class Dbt:
+    def __init__(self, stack: EphemeralStack, work: Path) -> None:
+        self.bin = Context().venv("dbt", ROOT / "dbt_project" / "requirements.lock.txt") / "bin" / "dbt"
+        self.target = work / "target"
+        self.env = {
+            **Context().env,
+            **stack.env,
+            "DBT_TARGET_PATH": str(self.target),
+            "DBT_LOG_PATH": str(work / "logs"),
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+        }
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [
+                str(self.bin),
+                *args,
+                "--project-dir",
+                str(ROOT / "dbt_project"),
+                "--profiles-dir",
+                str(ROOT / "dbt_project"),
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"dbt {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
+        return proc
+
+    def results(self) -> dict[str, str]:
+        data = json.loads((self.target / "run_results.json").read_text())
+        return {r["unique_id"]: r["status"] for r in data["results"]}
+
+
+# --- the marts, computed from the events --------------------------------------------------------
+
+
+def cents(x) -> Decimal:
+    return Decimal(x).quantize(Decimal("0.01"))
+
+
+def rounded(x: Decimal, places: int) -> Decimal:
+    return x.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+def per_user_types(evs: list[Event]) -> dict[int, dict[str, int]]:
+    out: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for e in evs:
+        out[e.user_id][e.event_type] += 1
+    return out
+
+
+def expected_user_event_summary(evs: list[Event]) -> dict[int, tuple]:
+    return {u: (t["click"], t["view"], t["purchase"], sum(t.values())) for u, t in per_user_types(evs).items()}
+
+
+def expected_event_type_distribution(evs: list[Event]) -> dict[str, tuple]:
+    counts: dict[str, int] = defaultdict(int)
+    users: dict[str, set] = defaultdict(set)
+    for e in evs:
+        counts[e.event_type] += 1
+        users[e.event_type].add(e.user_id)
+    total = sum(counts.values())
+    return {t: (counts[t], len(users[t]), Decimal(counts[t]) / Decimal(total)) for t in counts}
+
+
+def expected_purchase_conversion(evs: list[Event]) -> dict[int, tuple]:
+    def rate(a: int, b: int):
+        return rounded(Decimal(a) / Decimal(b), 4) if b else None
+
+    return {
+        u: (t["view"], t["click"], t["purchase"], rate(t["purchase"], t["view"]), rate(t["purchase"], t["click"]))
+        for u, t in per_user_types(evs).items()
+    }
+
+
+def expected_event_timeline(evs: list[Event]) -> dict[dt.datetime, tuple]:
+    rows: dict[dt.datetime, list] = defaultdict(lambda: [0, 0, 0, 0, 0, Decimal(0)])
+    for e in evs:
+        row = rows[e.occurred_at.replace(second=0, microsecond=0)]
+        row[0] += 1
+        index = {"view": 1, "click": 2, "purchase": 3}.get(e.event_type, 4)
+        row[index] += 1
+        row[5] += e.amount or 0
+    return {m: (*r[:5], cents(r[5])) for m, r in rows.items()}
+
+
+def session_facts(evs: list[Event]) -> dict[uuid.UUID, dict]:
+    out: dict[uuid.UUID, dict] = {}
+    for e in evs:
+        s = out.setdefault(
+            e.session_id,
+            {"user": e.user_id, "first": e.occurred_at, "last": e.occurred_at, "n": 0, "p": 0, "r": Decimal(0)},
+        )
+        s["user"] = min(s["user"], e.user_id)
+        s["first"], s["last"] = min(s["first"], e.occurred_at), max(s["last"], e.occurred_at)
+        s["n"] += 1
+        s["p"] += e.event_type == "purchase"
+        s["r"] += e.amount or 0
+    return out
+
+
+def duration(s: dict) -> Decimal:
+    return rounded(Decimal(str((s["last"] - s["first"]).total_seconds())), 3)
+
+
+def expected_sessions(evs: list[Event]) -> dict[uuid.UUID, tuple]:
+    return {
+        sid: (s["user"], s["first"], s["last"], duration(s), s["n"], s["p"], cents(s["r"]), s["p"] > 0)
+        for sid, s in session_facts(evs).items()
+    }
+
+
+def expected_user_engagement(evs: list[Event], profiles: dict[int, Profile]) -> dict[int, tuple]:
+    by_user: dict[int, list[dict]] = defaultdict(list)
+    for s in session_facts(evs).values():
+        by_user[s["user"]].append(s)
+    out = {}
+    for u, ss in by_user.items():
+        n = len(ss)
+        converted = sum(1 for s in ss if s["p"])
+        durations = [Decimal(str((s["last"] - s["first"]).total_seconds())) for s in ss]
+        p = profiles.get(u)
+        out[u] = (
+            p.country if p else None,
+            p.plan if p else None,
+            p.signup_date if p else None,
+            n,
+            sum(s["n"] for s in ss),
+            sum(s["p"] for s in ss),
+            converted,
+            rounded(Decimal(converted) / n, 4),
+            cents(sum(s["r"] for s in ss)),
+            rounded(Decimal(sum(s["n"] for s in ss)) / n, 2),
+            rounded(sum(durations) / n, 1),
+            min(s["first"] for s in ss),
+            max(s["last"] for s in ss),
+        )
+    return out
+
+
+MART_QUERIES = {
+    "user_event_summary": "SELECT user_id, total_clicks, total_views, total_purchases, total_events "
+    "FROM analytics.user_event_summary",
+    "event_type_distribution": "SELECT event_type, event_count, user_count, share_of_events "
+    "FROM analytics.event_type_distribution",
+    "purchase_conversion_by_user": "SELECT user_id, total_views, total_clicks, total_purchases, "
+    "purchase_conversion_rate, click_to_purchase_rate FROM analytics.purchase_conversion_by_user",
+    "event_timeline": "SELECT event_minute, total_events, views, clicks, purchases, other_events, revenue "
+    "FROM analytics.event_timeline",
+    "sessions": "SELECT session_id, user_id, started_at, ended_at, duration_seconds, event_count, purchase_count, "
+    "revenue, is_converted FROM analytics.sessions",
+    "user_engagement": "SELECT user_id, country_code, plan, signed_up_on, session_count, total_events, "
+    "total_purchases, converted_sessions, session_conversion_rate, revenue, avg_events_per_session, "
+    "avg_session_duration_seconds, first_seen_at, last_seen_at FROM analytics.user_engagement",
+}
+
+
+def marts(dsn: str) -> dict[str, dict]:
+    """Every mart as {key: the other columns}."""
+    out = {}
+    with psycopg.connect(dsn) as conn:
+        for name, sql in MART_QUERIES.items():
+            out[name] = {row[0]: tuple(row[1:]) for row in conn.execute(sql)}
+    return out
+
+
+def expected_marts(evs: list[Event], profiles: dict[int, Profile]) -> dict[str, dict]:
+    return {
+        "user_event_summary": expected_user_event_summary(evs),
+        "event_type_distribution": expected_event_type_distribution(evs),
+        "purchase_conversion_by_user": expected_purchase_conversion(evs),
+        "event_timeline": expected_event_timeline(evs),
+        "sessions": expected_sessions(evs),
+        "user_engagement": expected_user_engagement(evs, profiles),
+    }
+
+
+def differences(got: dict[str, dict], want: dict[str, dict]) -> dict[str, list]:
+    """Per mart, the first few keys whose rows differ (empty when all marts match)."""
+    out = {}
+    for name in want:
+        g, w = got[name], want[name]
+        bad = [(k, g.get(k), w.get(k)) for k in sorted(set(g) | set(w), key=str) if _norm(g.get(k)) != _norm(w.get(k))]
+        if bad:
+            out[name] = [f"{len(bad)} of {len(w)} rows differ", *bad[:3]]
+    return out
+
+
+def _norm(row):
+    """Numbers compared as Decimals at the mart's precision (share_of_events to 12 places)."""
+    if row is None:
+        return None
+    return tuple(rounded(Decimal(v), 12) if isinstance(v, Decimal) else v for v in row)

@@ -1,0 +1,196 @@
+"""dbt on a real Postgres: the marts of `dbt build` equal what the test computes from the events
+it wrote (through the consumer's own aggregation and store), after the first build and after
+incremental ones: late and out-of-order events, rows committed while a build ran, a profile that
+changed. The tests run in order on one `streaming` schema, each adding to what the last wrote."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import sys
+
+import psycopg
+import pytest
+
+from native.ephemeral import ROOT
+from tests.integration.dbt import Dbt, Profile, Streaming, differences, events, expected_marts, marts
+
+NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+USERS = range(1, 31)
+
+
+def profile(user_id: int, plan: str = "free", updated_at: dt.datetime = NOW) -> Profile:
+    return Profile(user_id, ("US", "DE", "FR", "IN", "BR")[user_id % 5], plan, dt.date(2025, 1, user_id), updated_at)
+
+
+@pytest.fixture(scope="module")
+def dsn(stack) -> str:
+    return stack.owner_dsn()
+
+
+@pytest.fixture(scope="module")
+def dbt(stack, tmp_path_factory) -> Dbt:
+    return Dbt(stack, tmp_path_factory.mktemp("dbt"))
+
+
+@pytest.fixture(scope="module")
+def streaming(dsn) -> Streaming:
+    s = Streaming(dsn)
+    yield s
+    s.store.close()
+
+
+@pytest.fixture(scope="module")
+def rng() -> random.Random:
+    return random.Random(7)
+
+
+@pytest.fixture(scope="module")
+def sessions() -> dict:
+    return {}
+
+
+def assert_marts_match(dsn: str, streaming: Streaming) -> None:
+    diff = differences(marts(dsn), expected_marts(streaming.events, streaming.profiles))
+    assert diff == {}, diff
+
+
+def test_first_build_computes_every_mart_from_the_events(dsn, dbt, streaming, rng, sessions):
+    # users 1-25 have profiles; 26-30 send events before theirs (a warning, not an error)
+    streaming.write(
+        events(rng, 3000, USERS, NOW - dt.timedelta(hours=3), dt.timedelta(hours=2), sessions),
+        [profile(u, ("free", "pro", "enterprise")[u % 3]) for u in range(1, 26)],
+    )
+    dbt("build", "--full-refresh")
+    assert_marts_match(dsn, streaming)
+
+
+def test_build_runs_every_model_and_its_tests(dbt):
+    results = dbt.results()
+    models = {uid.split(".")[-1] for uid in results if uid.startswith("model.")}
+    assert models == {
+        "stg_streaming__user_events",
+        "stg_streaming__event_minutes",
+        "stg_streaming__sessions",
+        "stg_streaming__users",
+        "user_event_summary",
+        "event_type_distribution",
+        "purchase_conversion_by_user",
+        "event_timeline",
+        "sessions",
+        "user_engagement",
+    }
+    assert set(results.values()) <= {"success", "pass", "warn"}
+    manifest = json.loads((dbt.target / "manifest.json").read_text())
+    tested = {
+        dep
+        for node in manifest["nodes"].values()
+        if node["resource_type"] == "test"
+        for dep in node["depends_on"]["nodes"]
+    }
+    assert {f"model.rt_analytics.{m}" for m in models} <= tested
+    # the new event type `share` and the users without a profile are flagged, not fatal
+    warned = sorted(uid for uid, s in results.items() if s == "warn")
+    assert any("accepted_values" in w and "event_type" in w for w in warned), warned
+    assert any("relationships_user_engagement" in w for w in warned), warned
+
+
+def test_incremental_build_counts_late_and_out_of_order_events(dsn, dbt, streaming, rng, sessions):
+    # new events now, interleaved with late ones up to 3 hours old: old minutes and old sessions
+    # change while no timestamp the tables keep moves forward
+    fresh = events(rng, 800, USERS, NOW - dt.timedelta(minutes=5), dt.timedelta(minutes=5), sessions)
+    late = events(rng, 400, USERS, NOW - dt.timedelta(hours=3), dt.timedelta(hours=2), dict(sessions))
+    mixed = fresh + late
+    rng.shuffle(mixed)
+    streaming.write(mixed[:600])
+    streaming.write(mixed[600:], [profile(1, "enterprise", NOW + dt.timedelta(seconds=1))])  # user 1 upgrades
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+
+
+def test_rows_committed_while_a_build_ran_reach_the_next_build(dsn, dbt, streaming, rng, sessions):
+    before = marts(dsn)
+    conn = streaming.store.connection()
+    with conn.transaction():  # a consumer batch open across the whole build
+        streaming.write(events(rng, 300, USERS, NOW - dt.timedelta(hours=2), dt.timedelta(hours=2), sessions))
+        dbt("build")
+        assert marts(dsn) == before, "the build saw an uncommitted batch"
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+
+
+def test_incremental_marts_equal_a_full_refresh(dsn, dbt, streaming):
+    incremental = marts(dsn)
+    dbt("build", "--full-refresh")
+    assert differences(marts(dsn), incremental) == {}
+
+
+def test_build_without_new_events_changes_nothing(dsn, dbt, streaming):
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+    with psycopg.connect(dsn) as conn:
+        rows = dict(conn.execute("SELECT model_name, source_xmin FROM analytics.dbt_build_watermarks").fetchall())
+    assert set(rows) == {
+        "user_event_summary",
+        "event_type_distribution",
+        "purchase_conversion_by_user",
+        "event_timeline",
+        "sessions",
+        "user_engagement",
+    }
+
+
+def test_reconciliation_fails_on_a_mart_that_drifted_from_its_source(dsn, dbt):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE analytics.sessions SET event_count = event_count + 1 "
+            "WHERE session_id = (SELECT min(session_id::text)::uuid FROM analytics.sessions)"
+        )
+    proc = dbt("test", "--select", "sessions", check=False)
+    failed = sorted(uid for uid, s in dbt.results().items() if s == "fail")
+    assert proc.returncode == 1 and len(failed) == 1 and "reconciles_with_source_sessions" in failed[0], failed
+    dbt("build", "--full-refresh", "--select", "sessions")
+
+
+def test_airflow_task_fails_without_retry_on_a_failing_dbt_test(dsn, dbt, monkeypatch):
+    """The DAG's runner (airflow/dags/dbt_runner) tells a failing data test from an error."""
+    monkeypatch.syspath_prepend(str(ROOT / "airflow" / "dags"))
+    sys.modules.pop("dbt_runner", None)
+    from dbt_runner.run import DbtError, DbtTestFailure, run_dbt
+    from dbt_runner.settings import DbtSettings
+
+    settings = DbtSettings(
+        executable=str(dbt.bin),
+        project_dir=ROOT / "dbt_project",
+        profiles_dir=ROOT / "dbt_project",
+        target_path=dbt.target.parent / "runner",
+        log_path=dbt.target.parent / "runner-logs",
+    )
+    for key, value in dbt.env.items():
+        monkeypatch.setenv(key, value)
+    assert run_dbt(["test", "--select", "user_event_summary"], "t", settings)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE analytics.user_event_summary SET total_events = total_events + 5 WHERE user_id = 1")
+    with pytest.raises(DbtTestFailure, match="reconciles_with_source_user_event_summary"):
+        run_dbt(["test", "--select", "user_event_summary"], "t", settings)
+    monkeypatch.setenv("POSTGRES_PORT", "1")
+    with pytest.raises(DbtError):
+        run_dbt(["test", "--select", "user_event_summary"], "t", settings)
+    monkeypatch.undo()
+    dbt("build", "--select", "user_event_summary")
+
+
+def test_docs_generate_describes_every_model_and_column(dbt):
+    dbt("docs", "generate")
+    manifest = json.loads((dbt.target / "manifest.json").read_text())
+    catalog = json.loads((dbt.target / "catalog.json").read_text())
+    undocumented = []
+    for uid, node in manifest["nodes"].items():
+        if node["resource_type"] != "model":
+            continue
+        if not node["description"]:
+            undocumented.append(uid)
+        columns = catalog["nodes"][uid]["columns"]
+        undocumented += [f"{uid}.{c}" for c in columns if not node["columns"].get(c, {}).get("description")]
+    assert undocumented == []

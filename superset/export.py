@@ -27,6 +27,22 @@ BUNDLE = HERE / "dashboards"
 COMMITTED_URI = "trino://superset@trino:8083/postgresql"
 
 
+class _Dumper(yaml.SafeDumper):
+    """Superset's YAML, with multi-line strings (the datasets' SQL) as literal blocks: readable diffs."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def tidy(text: str) -> str:
+    return yaml.dump(yaml.safe_load(text), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+
+
 def settings() -> dict[str, str]:
     env = {}
     dotenv = HERE.parent / ".env"
@@ -72,7 +88,9 @@ def main(slugs: list[str]) -> None:
         elif relative.parts[0] == "databases":
             config = yaml.safe_load(text)
             config["sqlalchemy_uri"] = COMMITTED_URI
-            text = yaml.safe_dump(config, sort_keys=False)
+            text = tidy(yaml.safe_dump(config, sort_keys=False))
+        else:
+            text = tidy(text)
         (BUNDLE / relative).parent.mkdir(parents=True, exist_ok=True)
         (BUNDLE / relative).write_text(text)
     print(f"export: wrote {len(archive.namelist())} files of {', '.join(slugs)} to {BUNDLE}")

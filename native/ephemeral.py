@@ -41,6 +41,7 @@ class EphemeralStack:
             "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
             "TRINO_PORT": str(free_port()),
             "SUPERSET_PORT": str(free_port()),
+            "AIRFLOW_PORT": str(free_port()),
             **(extra_env or {}),
         }
         self.services = services

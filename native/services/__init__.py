@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from native.services.airflow import AirflowService
 from native.services.apps import KafkaProducerService, StreamConsumerService
 from native.services.base import Service
 from native.services.kafka import KafkaService
@@ -16,6 +17,7 @@ SERVICES: dict[str, Service] = {
         KafkaService(),
         StreamConsumerService(),
         KafkaProducerService(),
+        AirflowService(),
         TrinoService(),
         SupersetService(),
     )

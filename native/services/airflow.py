@@ -1,0 +1,206 @@
+"""Apache Airflow 3 from PyPI in a virtualenv of its own (airflow/requirements.lock.txt), with
+dbt in another (dbt_project/requirements.lock.txt): scheduler, dag-processor and API server as
+separate processes, LocalExecutor, metadata in the AIRFLOW_DB database of the stack's Postgres.
+
+The same settings as compose's x-airflow block; the DAGs run `dbt build` every minute.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+from native.context import Context, wait_until
+from native.services.base import Program, Service
+
+ROOT = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+#: unpaused on every start (a DAG paused by hand in the UI would otherwise stay paused)
+DAGS = ("analytics_dbt_build", "streaming_source_freshness")
+
+
+class AirflowService(Service):
+    name = "airflow"
+    depends_on = ("postgres",)
+    # a first `airflow db migrate` on an empty database takes ~30-60 s on 2 busy cores
+    start_timeout = 300
+
+    def venv(self, ctx: Context) -> Path:
+        return ctx.venv("airflow", ROOT / "airflow/requirements.lock.txt")
+
+    def dbt_venv(self, ctx: Context) -> Path:
+        return ctx.venv("dbt", ROOT / "dbt_project/requirements.lock.txt")
+
+    def install(self, ctx: Context) -> None:
+        self.venv(ctx)
+        self.dbt_venv(ctx)
+
+    def home(self, ctx: Context) -> Path:
+        return ctx.state / "airflow"
+
+    def prepare(self, ctx: Context) -> None:
+        home = self.home(ctx)
+        (home / "dbt").mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+        # The programs wait for this marker, written once `airflow db migrate` has run this start.
+        self._migrated(ctx).unlink(missing_ok=True)
+        fernet = home / "fernet.key"
+        if not fernet.exists():
+            fernet.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+            os.chmod(fernet, 0o600)
+        passwords = home / "simple_auth_manager_passwords.json"
+        passwords.write_text(json.dumps({ctx["AIRFLOW_ADMIN_USER"]: ctx["AIRFLOW_ADMIN_PASSWORD"]}))
+        os.chmod(passwords, 0o600)
+
+    def _migrated(self, ctx: Context) -> Path:
+        return self.home(ctx) / "db-migrated"
+
+    def env(self, ctx: Context) -> dict[str, str]:
+        """What compose's x-airflow environment sets, for local processes on loopback."""
+        home = self.home(ctx)
+        port = ctx["AIRFLOW_PORT"]
+        metadata = (
+            f"postgresql+psycopg://{quote(ctx['AIRFLOW_DB_USER'], safe='')}:"
+            f"{quote(ctx['AIRFLOW_DB_PASSWORD'], safe='')}@{ctx['POSTGRES_HOST']}:{ctx['POSTGRES_PORT']}/"
+            f"{ctx['AIRFLOW_DB']}"
+        )
+        # Every component signs and checks the task API's tokens with this; >= 64 bytes, derived
+        # from .env's secret so that all processes (and restarts) agree.
+        jwt_secret = hashlib.sha512(f"rt-analytics airflow jwt {ctx['AIRFLOW_JWT_SECRET']}".encode()).hexdigest()
+        return {
+            "PATH": f"{self.venv(ctx) / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": os.environ.get("HOME", "/root"),
+            "LANG": "C.UTF-8",
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow" / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__FERNET_KEY": (home / "fernet.key").read_text().strip(),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata,
+            "AIRFLOW__API__HOST": HOST,
+            "AIRFLOW__API__PORT": port,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ctx['AIRFLOW_ADMIN_USER']}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+            # dbt: profiles.yml reads these; target and logs stay out of the repository
+            "DBT_PROJECT_DIR": str(ROOT / "dbt_project"),
+            "DBT_PROFILES_DIR": str(ROOT / "dbt_project"),
+            "DBT_EXECUTABLE": str(self.dbt_venv(ctx) / "bin" / "dbt"),
+            "DBT_TARGET_PATH": str(home / "dbt" / "target"),
+            "DBT_LOG_PATH": str(home / "dbt" / "logs"),
+            "DBT_THREADS": ctx.env.get("DBT_THREADS", "4"),
+            "DBT_DB_USER": ctx["DBT_DB_USER"],
+            "DBT_DB_PASSWORD": ctx["DBT_DB_PASSWORD"],
+            "POSTGRES_HOST": ctx["POSTGRES_HOST"],
+            "POSTGRES_PORT": ctx["POSTGRES_PORT"],
+            "POSTGRES_DB": ctx["POSTGRES_DB"],
+        }
+
+    def programs(self, ctx: Context) -> list[Program]:
+        env = self.env(ctx)
+        marker = str(self._migrated(ctx))
+        # compose runs `airflow db migrate` as the airflow-init job before the others start; here
+        # the scheduler runs it first and the other two wait for it.
+        wait = f'while [ ! -e "{marker}" ]; do sleep 1; done; exec '
+        migrate = f'rm -f "{marker}"; airflow db migrate && touch "{marker}" && exec '
+        return [
+            Program(
+                name="scheduler",
+                argv=[
+                    "bash",
+                    "-c",
+                    migrate + "airflow scheduler --skip-serve-logs",
+                ],
+                env=env,
+            ),
+            Program(name="dag_processor", argv=["bash", "-c", wait + "airflow dag-processor"], env=env),
+            Program(
+                name="api_server",
+                argv=["bash", "-c", wait + f"airflow api-server --host {HOST} --port {ctx['AIRFLOW_PORT']}"],
+                env=env,
+            ),
+        ]
+
+    def port(self, ctx: Context) -> str:
+        return f"{HOST}:{ctx['AIRFLOW_PORT']}"
+
+    def _get(self, ctx: Context, path: str, token: str | None = None, method: str = "GET", body=None):
+        request = urllib.request.Request(
+            f"http://{HOST}:{ctx['AIRFLOW_PORT']}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def healthy(self, ctx: Context) -> bool:
+        """Metadata database, scheduler and dag processor healthy, with heartbeats from this start:
+        newer than the migration marker the scheduler writes as it starts (just after a restart,
+        the previous processes' heartbeats still look healthy)."""
+        try:
+            started = self._migrated(ctx).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        try:
+            health = self._get(ctx, "/api/v2/monitor/health")
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+        for component, beat in (
+            ("scheduler", "latest_scheduler_heartbeat"),
+            ("dag_processor", "latest_dag_processor_heartbeat"),
+        ):
+            state = health.get(component) or {}
+            if state.get("status") != "healthy" or not state.get(beat):
+                return False
+            if _epoch(state[beat]) < started - 1:
+                return False
+        return (health.get("metadatabase") or {}).get("status") == "healthy"
+
+    def token(self, ctx: Context) -> str:
+        return self._get(
+            ctx,
+            "/auth/token",
+            method="POST",
+            body={"username": ctx["AIRFLOW_ADMIN_USER"], "password": ctx["AIRFLOW_ADMIN_PASSWORD"]},
+        )["access_token"]
+
+    def after_start(self, ctx: Context) -> None:
+        """Unpauses the DAGs once the dag processor has stored them (is_paused_upon_creation=False
+        covers a new database; this covers one where somebody paused them)."""
+        token = self.token(ctx)
+
+        def stored(dag_id: str) -> bool:
+            try:
+                self._get(ctx, f"/api/v2/dags/{dag_id}", token)
+                return True
+            except (urllib.error.URLError, OSError):
+                return False
+
+        for dag_id in DAGS:
+            if not wait_until(lambda d=dag_id: stored(d), 120, 1):
+                raise SystemExit(f"stack: Airflow did not load DAG {dag_id} in 120 s; see ./stack logs airflow")
+            self._get(ctx, f"/api/v2/dags/{dag_id}", token, method="PATCH", body={"is_paused": False})
+        ctx.log(f"airflow: DAGs unpaused: {', '.join(DAGS)}; UI http://{HOST}:{ctx['AIRFLOW_PORT']}")
+
+
+def _epoch(timestamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()

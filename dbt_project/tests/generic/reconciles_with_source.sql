@@ -6,6 +6,7 @@ test holds while the consumer keeps writing, and it fails on the drift an increm
 leave: a missed late event, a key only one side has, a total that differs.
 
     measures: [{name: ..., mart: <aggregate over mart rows>, source: <aggregate over source rows>}]
+              (numeric aggregates; over no rows, a sum and a count both count as 0)
 
 Totals, not a row-by-row comparison: a scan of each side, fast enough for every minute on 10M
 events. The test needs the whole mart: give it `config: {where: whole_mart}` (see
@@ -33,7 +34,7 @@ source_totals as (
 
     select
         {%- for measure in measures %}
-        {{ measure.source }} as {{ measure.name }}{{ "," if not loop.last }}
+        coalesce({{ measure.source }}, 0) as {{ measure.name }}{{ "," if not loop.last }}
         {%- endfor %}
     from {{ source_model }} as source_rows
     where not exists (
@@ -46,7 +47,7 @@ mart_totals as (
 
     select
         {%- for measure in measures %}
-        {{ measure.mart }} as {{ measure.name }}{{ "," if not loop.last }}
+        coalesce({{ measure.mart }}, 0) as {{ measure.name }}{{ "," if not loop.last }}
         {%- endfor %}
     from {{ model }} as mart_rows
     where not exists (select from changed_keys as c where c.reconcile_key = mart_rows.{{ key }})

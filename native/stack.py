@@ -301,10 +301,11 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_parser(verb, help=f"{verb} services").add_argument("services", nargs="+")
     if argv and argv[0] == "trino-cli":  # every later word is the CLI's own (--execute, --output-format...)
         trino_cli(Context(), argv[1:])
+    if argv and argv[0] == "test":  # every later word is pytest's own (-v, -k EXPR, a path...)
+        python = Context().python
+        os.execv(str(python), [str(python), "-m", "pytest", *argv[1:]])  # pyproject's testpaths: every tier
     args = parser.parse_args(argv)
     ctx = Context()
-    if args.verb == "test":
-        os.execv(str(ctx.python), [str(ctx.python), "-m", "pytest", *(args.pytest_args or ["tests"])])
     if args.verb == "up":
         up(ctx, args.services)
     elif args.verb == "down":

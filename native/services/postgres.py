@@ -13,11 +13,16 @@ from native.context import Context
 from native.services.base import Program, Service
 
 
+def major_version(ctx: Context) -> str:
+    """The major version compose's image runs (POSTGRES_VERSION in .env): Debian's postgresql-N."""
+    return ctx["POSTGRES_VERSION"].split(".")[0]
+
+
 def _bin_dir(ctx: Context) -> Path:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name))
-    if not versions:
-        raise SystemExit("stack: PostgreSQL is not installed and apt-get could not install it")
-    return versions[-1].parent
+    binary = Path("/usr/lib/postgresql") / major_version(ctx) / "bin" / "postgres"
+    if not binary.exists():
+        raise SystemExit(f"stack: PostgreSQL {major_version(ctx)} is not installed and apt-get could not install it")
+    return binary.parent
 
 
 class PostgresService(Service):
@@ -25,7 +30,7 @@ class PostgresService(Service):
     start_timeout = 30
 
     def install(self, ctx: Context) -> None:
-        ctx.apt_install("postgresql")
+        ctx.apt_install(f"postgresql-{major_version(ctx)}")
 
     def data_dir(self, ctx: Context) -> Path:
         return ctx.state / "postgres" / "data"

@@ -65,7 +65,7 @@ def produced(stack, env, superset) -> Produced:
     """Produces a known set of events once the pipeline is settled, waits until the consumer and
     then a dbt build have them, and keeps every chart's data from before and after."""
     dsn = stack.owner_dsn()
-    wait_for_marts(dsn, env, lambda: marts_match_streaming(dsn), "the marts to catch up with earlier events")
+    wait_for_marts(lambda: marts_match_streaming(dsn), "the marts to catch up with earlier events")
     before = chart_snapshot(superset)
     (above,) = query(
         dsn, "SELECT coalesce(max(t), 0) FROM (SELECT sum(event_count) t FROM streaming.user_events GROUP BY user_id) s"
@@ -82,5 +82,5 @@ def produced(stack, env, superset) -> Produced:
 
     expected = {u.user_id: u.total for u in known.users}
     wait_for(lambda: totals("streaming.user_events", "event_count") == expected, 60, "the consumer to count the events")
-    wait_for_marts(dsn, env, lambda: totals("analytics.user_event_summary", "total_events") == expected, "the marts")
+    wait_for_marts(lambda: totals("analytics.user_event_summary", "total_events") == expected, "the marts")
     return Produced(known, produced_at, before, chart_snapshot(superset))

@@ -3,17 +3,12 @@ benchmark see them (Postgres as the stack's owner)."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 
 import psycopg
 
-from native.context import Context
-from native.ephemeral import ROOT
-from native.services import SERVICES
-
 #: The end-to-end stack: every service but the producer (each test produces what it checks).
-SERVICE_NAMES = [s for s in ("postgres", "kafka", "stream_consumer", "airflow", "trino", "superset") if s in SERVICES]
+SERVICE_NAMES = ["postgres", "kafka", "stream_consumer", "airflow", "trino", "superset"]
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 1.0):
@@ -46,39 +41,9 @@ def marts_match_streaming(dsn: str) -> bool:
     return streaming == analytics and lag == 0
 
 
-def run_dbt(env: dict[str, str]) -> None:
-    """Without an Airflow service, the test builds the marts itself (`dbt run`: the models the DAG
-    builds; their data tests are the dbt stage's own business)."""
-    ctx = Context(env)
-    venv = ctx.venv("dbt", ROOT / "dbt_project" / "requirements.lock.txt")
-    with tempfile.TemporaryDirectory() as scratch:
-        ctx.run(
-            [
-                str(venv / "bin" / "dbt"),
-                "run",
-                "--project-dir",
-                "dbt_project",
-                "--profiles-dir",
-                "dbt_project",
-                "--target-path",
-                f"{scratch}/target",
-                "--log-path",
-                f"{scratch}/logs",
-            ],
-            "dbt run",
-            cwd=ROOT,
-            env={**env, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
-        )
-
-
-def wait_for_marts(dsn: str, env: dict[str, str], check, what: str) -> None:
-    """Until `check` holds after a dbt build: the scheduled one (Airflow, every minute)."""
-    if "airflow" in SERVICES:
-        wait_for(check, 240, f"{what} (scheduled dbt run)", interval=2)
-    else:
-        if not check():
-            run_dbt(env)
-        wait_for(check, 10, what)
+def wait_for_marts(check, what: str) -> None:
+    """Until `check` holds after a scheduled dbt build (Airflow, every minute; nobody triggers it)."""
+    wait_for(check, 240, f"{what} (scheduled dbt run)", interval=2)
 
 
 def marts_exist(dsn: str) -> bool:

@@ -12,11 +12,8 @@ import urllib.request
 import psycopg
 import pytest
 
-from native.services import SERVICES
 from tests.e2e.events import event, produce
 from tests.e2e.pipeline import query, wait_for
-
-pytestmark = pytest.mark.skipif("airflow" not in SERVICES, reason="the stack has no airflow service")
 
 DAG = "analytics_dbt_build"
 

@@ -260,11 +260,10 @@ def test_trino_image_is_the_native_trino_version(services, env):
 
 
 def test_postgres_image_is_the_native_postgres_major_version(services, env):
+    """Native mode installs and runs Debian's postgresql-N for the N of POSTGRES_VERSION."""
     assert image_tag(services["postgres"]["image"]) == env["POSTGRES_VERSION"]
-    installed = sorted(int(p.name) for p in Path("/usr/lib/postgresql").glob("*") if p.name.isdigit())
-    if not installed:
-        pytest.skip("Debian's PostgreSQL is not installed here (native mode installs it on first use)")
-    assert str(installed[-1]) == env["POSTGRES_VERSION"].split(".")[0]
+    text = native_module("postgres").read_text()
+    assert 'ctx["POSTGRES_VERSION"]' in text and 'apt_install(f"postgresql-{major_version(ctx)}")' in text
 
 
 def test_airflow_image_is_the_native_airflow_version(services, env):
@@ -307,10 +306,7 @@ def test_superset_image_adds_the_native_trino_and_postgres_drivers():
 )
 def test_native_service_installs_the_version_compose_runs(module, source):
     """Native mode downloads by the same .env version or installs the same pinned requirements file."""
-    path = native_module(module)
-    if not path.exists():
-        pytest.skip(f"{path.relative_to(ROOT)} is not written yet")
-    text = path.read_text()
+    text = native_module(module).read_text()
     folder, _, name = source.partition("/")
     assert source in text or (name and f'"{folder}"' in text and name in text), source
 
@@ -323,8 +319,6 @@ def test_native_service_installs_the_version_compose_runs(module, source):
     ],
 )
 def test_native_lock_files_pin_the_image_versions(lock, package, version, env):
-    if not (ROOT / lock).exists():
-        pytest.skip(f"{lock} is not written yet")
     assert pins(ROOT / lock)[package] == env[version]
 
 
@@ -340,10 +334,7 @@ def test_services_publish_their_env_port_on_loopback_only(raw):
 
 @pytest.mark.parametrize("service", sorted(PUBLISHED_PORTS))
 def test_native_service_listens_on_the_same_env_port(service):
-    module = native_module(NATIVE_MODULE[service])
-    if not module.exists():
-        pytest.skip(f"{module.relative_to(ROOT)} is not written yet")
-    assert PUBLISHED_PORTS[service] in module.read_text()
+    assert PUBLISHED_PORTS[service] in native_module(NATIVE_MODULE[service]).read_text()
 
 
 def test_trino_listens_inside_on_the_port_its_config_names(raw):
@@ -358,20 +349,10 @@ def test_trino_listens_inside_on_the_port_its_config_names(raw):
 # --- config files: the same ones, from the same paths ---------------------------------------
 
 
-def native_ready(service: str) -> bool:
-    """Whether the native counterpart of this compose service is written (the stage is finished)."""
-    return native_module(NATIVE_MODULE.get(service, "apps")).exists()
-
-
 def test_every_bind_mounted_path_exists(services):
-    missing, pending = [], []
-    for name, service in services.items():
-        for src, _ in bind_mounts(service):
-            if not (ROOT / src).exists():
-                (missing if native_ready(name) else pending).append(f"{name}: {src}")
+    mounts = [(name, src) for name, service in services.items() for src, _ in bind_mounts(service)]
+    missing = [f"{name}: {src}" for name, src in mounts if not (ROOT / src).exists()]
     assert missing == []
-    if pending:
-        pytest.skip(f"waiting for folders of stages not written yet: {pending}")
 
 
 @pytest.mark.parametrize("folder", sorted(SHARED_CONFIG))
@@ -381,9 +362,8 @@ def test_shared_config_folder_is_mounted_into_its_services(folder, services):
 
 def test_files_the_services_use_inside_their_mounts_exist_in_the_repository(services):
     """Paths named in commands or the environment that fall inside a bind mount (superset_config.py,
-    the bootstrap script, the guard) must exist in the repository; a stage whose native module is
-    not written yet is skipped."""
-    missing, pending = [], []
+    the bootstrap script, the guard) must exist in the repository."""
+    missing = []
     for name, service in services.items():
         words = [*(service.get("environment") or {}).values()]
         command = service.get("command") or []
@@ -394,12 +374,8 @@ def test_files_the_services_use_inside_their_mounts_exist_in_the_repository(serv
                     repo_path = ROOT / src / path.removeprefix(target + "/")
                     if repo_path.exists():
                         continue
-                    (missing if native_ready(name) else pending).append(
-                        f"{name}: {path} -> {repo_path.relative_to(ROOT)}"
-                    )
+                    missing.append(f"{name}: {path} -> {repo_path.relative_to(ROOT)}")
     assert missing == []
-    if pending:
-        pytest.skip(f"waiting for files of stages not written yet: {pending}")
 
 
 def native_env_keys(module: str) -> set[str]:
@@ -425,8 +401,6 @@ def test_trino_kafka_table_reads_the_topic_env_names(env):
 
 
 def test_trino_health_is_the_native_health_query(services):
-    if not native_module("trino").exists():
-        pytest.skip("native/services/trino.py is not written yet")
     from native.services.trino import ENV_KEYS, HEALTH_QUERY
 
     assert HEALTH_QUERY in services["trino"]["healthcheck"]["test"][-1]
@@ -435,8 +409,6 @@ def test_trino_health_is_the_native_health_query(services):
 
 @pytest.mark.parametrize("service", ["superset", "superset-init"])
 def test_superset_gets_the_environment_native_mode_sets(service, services):
-    if not native_module("superset").exists():
-        pytest.skip("native/services/superset.py is not written yet")
     native = {k for k in native_env_keys("superset") if k.startswith(("SUPERSET_", "TRINO_"))}
     optional = {"SUPERSET_DATA_CACHE_TIMEOUT"}
     assert native - optional - {"SUPERSET_DB_USER", "SUPERSET_DB_PASSWORD", "SUPERSET_DB", "SUPERSET_PORT"} <= set(
@@ -462,16 +434,14 @@ def test_airflow_gives_dbt_and_the_dags_every_variable_they_require(service, ser
     sources = [*(ROOT / "dbt_project").rglob("*.yml"), *(ROOT / "dbt_project").rglob("*.sql")]
     sources += [*(ROOT / "airflow").rglob("*.py")]
     needed = required_env(sources)
-    if not needed:
-        pytest.skip("neither dbt_project/ nor airflow/ reads the environment yet")
+    assert needed, "dbt_project/ and airflow/ read their connection from the environment"
     assert needed - set(services[service]["environment"]) == set()
 
 
 @pytest.mark.parametrize("service", ["superset", "superset-init"])
 def test_superset_gives_its_config_and_provisioning_every_variable_they_require(service, services):
     needed = required_env(sorted((ROOT / "superset").glob("*.py")))
-    if not needed:
-        pytest.skip("superset/ reads no environment yet")
+    assert needed, "superset/ reads its secrets from the environment"
     assert needed - set(services[service]["environment"]) == set()
 
 

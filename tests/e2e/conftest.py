@@ -1,6 +1,6 @@
-"""End-to-end tier: the whole native stack, started once per session by `./stack up` on free ports.
+"""End-to-end tier: the whole native stack, started once for the tier by `./stack up` on free ports.
 
-Postgres, Kafka, the stream consumer, Airflow (dbt every minute) when the stack has it, Trino and
+Postgres, Kafka, the stream consumer, Airflow (dbt every minute), Trino and
 Superset. No producer service: each test produces exactly the events it checks. Tests of this tier
 share the stack, so each one checks what its own events changed (deltas, or its own user ids).
 """
@@ -20,7 +20,7 @@ from tests.e2e.pipeline import SERVICE_NAMES, marts_match_streaming, query, wait
 from tests.e2e.superset_api import SupersetClient
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack():
     # The dashboard tests' browser; installed here so that a fresh machine (CI) gets it too.
     Context().apt_install("chromium", "chromium-driver")
@@ -32,13 +32,13 @@ def stack():
         s.down()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def env(stack) -> dict[str, str]:
     """The stack's settings: .env with the ephemeral ports and folders on top."""
     return Context({**Context().env, **stack.env}).env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def superset(env) -> SupersetClient:
     client = SupersetClient(f"http://127.0.0.1:{env['SUPERSET_PORT']}")
     client.login(env["SUPERSET_ADMIN_USER"], env["SUPERSET_ADMIN_PASSWORD"])
@@ -60,7 +60,7 @@ def chart_snapshot(superset: SupersetClient) -> dict[str, list[dict]]:
     return {title: superset.chart_data(chart) for title, chart in superset.charts().items()}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def produced(stack, env, superset) -> Produced:
     """Produces a known set of events once the pipeline is settled, waits until the consumer and
     then a dbt build have them, and keeps every chart's data from before and after."""

@@ -1,4 +1,4 @@
-"""Integration tier: a real Kafka broker and a real Postgres, started by ./stack for the session."""
+"""Integration tier: a real Kafka broker and a real Postgres, started by ./stack for the tier."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from native.ephemeral import EphemeralStack
 from tests.integration.pipeline import Pipeline
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack():
     s = EphemeralStack(["postgres", "kafka"], {"CONSUMER_SESSION_TIMEOUT_MS": "3000"})
     try:

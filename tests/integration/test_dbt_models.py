@@ -18,6 +18,14 @@ from tests.integration.dbt import Dbt, Profile, Streaming, differences, events, 
 
 NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
 USERS = range(1, 31)
+MARTS = {
+    "user_event_summary",
+    "event_type_distribution",
+    "purchase_conversion_by_user",
+    "event_timeline",
+    "sessions",
+    "user_engagement",
+}
 
 
 def profile(user_id: int, plan: str = "free", updated_at: dt.datetime = NOW) -> Profile:
@@ -74,12 +82,7 @@ def test_build_runs_every_model_and_its_tests(dbt):
         "stg_streaming__event_minutes",
         "stg_streaming__sessions",
         "stg_streaming__users",
-        "user_event_summary",
-        "event_type_distribution",
-        "purchase_conversion_by_user",
-        "event_timeline",
-        "sessions",
-        "user_engagement",
+        *MARTS,
     }
     assert set(results.values()) <= {"success", "pass", "warn"}
     manifest = json.loads((dbt.target / "manifest.json").read_text())
@@ -142,14 +145,7 @@ def test_build_without_new_events_changes_nothing(dsn, dbt, streaming):
     assert_marts_match(dsn, streaming)
     with psycopg.connect(dsn) as conn:
         rows = dict(conn.execute("SELECT model_name, source_xmin FROM analytics.dbt_build_watermarks").fetchall())
-    assert set(rows) == {
-        "user_event_summary",
-        "event_type_distribution",
-        "purchase_conversion_by_user",
-        "event_timeline",
-        "sessions",
-        "user_engagement",
-    }
+    assert set(rows) == MARTS
 
 
 def test_reconciliation_fails_on_a_mart_that_drifted_from_its_source(dsn, dbt):

@@ -1,6 +1,7 @@
 """supervisord's entry for a program: exec its argv with the environment `./stack up` saved for it.
 
 Keeping the environment in a private JSON file avoids supervisord's quoting rules for secrets.
+A second argument, the digest of the program's settings, is only there for supervisord to compare.
 """
 
 from __future__ import annotations

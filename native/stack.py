@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -22,9 +23,10 @@ import time
 from pathlib import Path
 from xmlrpc.client import Fault, ServerProxy
 
+from dotenv import dotenv_values
 from supervisor.xmlrpc import SupervisorTransport
 
-from native.context import Context, wait_until
+from native.context import ROOT, Context, wait_until
 from native.services import SERVICES
 from native.services.base import Program, Service
 
@@ -86,7 +88,9 @@ class Supervisor:
             spec = env_dir / f"{name}.json"
             spec.write_text(json.dumps({"argv": prog.argv, "env": prog.env}))
             os.chmod(spec, 0o600)
-            command = shlex.join([str(self.ctx.python), "-m", "native.run", str(spec)])
+            # The digest of its .env settings is part of the command, so supervisord sees a program
+            # whose settings changed as changed, and the next `up` restarts it (as compose recreates).
+            command = shlex.join([str(self.ctx.python), "-m", "native.run", str(spec), settings_digest(prog.env)])
         many = prog.numprocs > 1
         lines = [
             f"[program:{name}]",
@@ -112,22 +116,35 @@ class Supervisor:
             lines.append(f"user={prog.user}")
         return lines
 
-    def ensure_started(self) -> None:
+    def ensure_started(self) -> list[str]:
+        """Start supervisord, or load the new config into the running one; returns the groups that
+        were running with settings that have changed since (stopped now, to be started again)."""
         if self.running():
             added, changed, removed = self.rpc.reloadConfig()[0]
+            restart = [name for name in changed if any(p["statename"] == "RUNNING" for p in self.processes(name))]
+            for name in restart:
+                self.ctx.log(f"{name}: its settings changed since it started; restarting it")
             for name in removed + changed:
                 self.rpc.stopProcessGroup(name)
                 self.rpc.removeProcessGroup(name)
             for name in added + changed:
                 self.rpc.addProcessGroup(name)
-            return
+            return restart
         self.sock.unlink(missing_ok=True)
         subprocess.run([str(self.ctx.python.parent / "supervisord"), "-c", str(self.conf)], check=True)
         if not wait_until(self.running, 15):
             raise SystemExit(f"stack: supervisord did not start; see {self.dir / 'supervisord.log'}")
+        return []
 
     def processes(self, group: str) -> list[dict]:
         return [p for p in self.rpc.getAllProcessInfo() if p["group"] == group]
+
+
+def settings_digest(env: dict[str, str]) -> str:
+    """What a program's settings are: the values of the variables `.env` names, as it got them
+    (`.env` with the environment on top). Other variables of the shell (TERM, PWD...) don't count."""
+    keys = sorted(set(env) & set(dotenv_values(ROOT / ".env")))
+    return "settings=" + hashlib.sha256(json.dumps([[k, env[k]] for k in keys]).encode()).hexdigest()[:12]
 
 
 def ordered(names: list[str]) -> list[Service]:
@@ -198,9 +215,10 @@ def up(ctx: Context, names: list[str]) -> None:
             programs[service.name] = (10 * (i + 1), service.programs(ctx))
     sup = Supervisor(ctx)
     sup.write_config(programs)
-    sup.ensure_started()
-    for service in services:
-        start_and_wait(ctx, sup, service)
+    restart = sup.ensure_started()
+    for service in SERVICES.values():
+        if service in services or service.name in restart:
+            start_and_wait(ctx, sup, service)
     ctx.log(f"up: {', '.join(s.name for s in services)}")
 
 

@@ -77,7 +77,10 @@ class KafkaService(Service):
 
     def program(self, ctx: Context) -> Program:
         argv = self._java(ctx, "kafka.Kafka", str(ctx.state / "kafka" / "server.properties"))
-        return Program(argv=[argv[0], "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", *argv[1:]])
+        # The broker reads none of these: they are what server.properties is rendered from, so that a
+        # change of one restarts the broker on the next `./stack up`.
+        env = {k: ctx[k] for k in ("KAFKA_HOST", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_PARTITIONS")}
+        return Program(argv=[argv[0], "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", *argv[1:]], env=env)
 
     def port(self, ctx: Context) -> str:
         return f"{ctx['KAFKA_HOST']}:{ctx['KAFKA_PORT']}"

@@ -1,0 +1,69 @@
+"""The benchmark scripts run to the end and print every figure they promise. Tiny sizes: a smoke run
+that keeps the scripts working; its numbers are not judged (docs/benchmarks.md has the real runs)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from native.ephemeral import ROOT
+
+NUMBER = r"[\d,.]+"
+
+BENCHMARKS = {
+    "streaming": (
+        ["--events", "20000", "--rss-events", "40000", "--steady-seconds", "3"]
+        + ["--latency-seconds", "3", "--baseline-seconds", "2"],
+        [
+            rf"kafka_producer, 20,000 events, events/s +{NUMBER}$",
+            rf"baseline: Faker dict .* events/s +{NUMBER}$",
+            rf"producer ratio +{NUMBER}x$",
+            rf"--rate 1,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
+            rf"--rate 10,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
+            rf"stream_consumer \(exactly once\), 1 process, 20,000 events, events/s +{NUMBER}$",
+            rf"baseline: per-event upsert \+ commit .* events/s +{NUMBER}$",
+            rf"consumer ratio +{NUMBER}x$",
+            rf"event → streaming table at 10,000/s, .* p50 / p99 / max +{NUMBER} ms / {NUMBER} ms / {NUMBER} ms$",
+            rf"consumer RSS after 40,000 events +{NUMBER} MiB$",
+        ],
+    ),
+    "transformations": (
+        ["--sizes", "20000", "--builds", "1", "--skip-freshness"],
+        [
+            rf"20,000 events: first build \(--full-refresh\) +{NUMBER} s$",
+            rf"20,000 events: `dbt build` after a minute of traffic +median {NUMBER} s, max {NUMBER} s",
+        ],
+    ),
+    "serving": (
+        ["--rounds", "2", "--warmup", "5", "--rate", "100"],
+        [
+            rf"Trino start-up .* +{NUMBER} s$",
+            rf"Superset start-up .* +{NUMBER} s$",
+            rf"Trino: every chart's query +p50 {NUMBER} ms / p95 {NUMBER} ms \(n=16\)$",
+            rf"Superset chart-data API, uncached +p50 {NUMBER} ms / p95 {NUMBER} ms",
+            rf"Superset chart-data API, as a refresh asks .* +p50 {NUMBER} ms / p95 {NUMBER} ms",
+            rf"event -> timeline chart data .* +p50 {NUMBER} ms / p95 {NUMBER} ms \(n=2\), max {NUMBER} s$",
+            rf"Trino RSS .* +{NUMBER} MiB$",
+            rf"Superset RSS .* +{NUMBER} MiB$",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_benchmark_prints_every_figure(name):
+    args, figures = BENCHMARKS[name]
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    missing = [f for f in figures if not any(re.search(f, line) for line in lines)]
+    assert missing == [], proc.stdout

@@ -31,7 +31,7 @@ from native.context import Context
 from native.ephemeral import EphemeralStack
 from native.stack import Supervisor
 from tests.e2e.events import event, produce
-from tests.e2e.pipeline import marts_exist, marts_match_streaming
+from tests.e2e.pipeline import marts_exist, wait_for_marts
 from tests.e2e.superset_api import SupersetClient
 
 TIMELINE = "Real-time event timeline (events per minute)"
@@ -141,8 +141,7 @@ def main() -> None:
             started[name] = float(seconds)
         time.sleep(args.warmup)
         dsn = stack.owner_dsn()
-        while not marts_match_streaming(dsn) and not marts_exist(dsn):  # the first scheduled dbt run
-            time.sleep(2)
+        wait_for_marts(lambda: marts_exist(dsn), "the first scheduled dbt build")
         bench = Bench(stack, env)
         print("serving:", flush=True)
         bench.report("Trino start-up (./stack up trino, to a real read)", f"{started['trino']:.1f} s")

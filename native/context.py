@@ -15,11 +15,14 @@ from dotenv import dotenv_values
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def env_file() -> dict[str, str]:
+    """The settings `.env` states (the file users edit)."""
+    return {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None}
+
+
 def merged_env() -> dict[str, str]:
     """`.env` with the process environment on top, as docker compose merges them."""
-    env = {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None}
-    env.update(os.environ)
-    return env
+    return {**env_file(), **os.environ}
 
 
 @dataclass

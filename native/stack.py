@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from xmlrpc.client import Fault, ServerProxy
 
-from dotenv import dotenv_values
 from supervisor.xmlrpc import SupervisorTransport
 
-from native.context import ROOT, Context, wait_until
+from native.context import Context, env_file, wait_until
 from native.services import SERVICES
 from native.services.base import Program, Service
 
@@ -58,6 +57,7 @@ class Supervisor:
         env_dir = self.dir / "env"
         env_dir.mkdir(exist_ok=True)
         os.chmod(env_dir, 0o700)
+        settings = set(env_file())
         lines = [
             "[unix_http_server]",
             f"file={self.sock}",
@@ -78,10 +78,10 @@ class Supervisor:
             if names != [service]:
                 lines += [f"[group:{service}]", f"programs={','.join(names)}", f"priority={priority}"]
             for name, prog in zip(names, progs):
-                lines += self._program_lines(name, priority, prog, env_dir)
+                lines += self._program_lines(name, priority, prog, env_dir, settings)
         self.conf.write_text("\n".join(lines) + "\n")
 
-    def _program_lines(self, name: str, priority: int, prog: Program, env_dir: Path) -> list[str]:
+    def _program_lines(self, name: str, priority: int, prog: Program, env_dir: Path, settings: set[str]) -> list[str]:
         if prog.user:
             command = shlex.join(prog.argv)
         else:
@@ -90,7 +90,8 @@ class Supervisor:
             os.chmod(spec, 0o600)
             # The digest of its .env settings is part of the command, so supervisord sees a program
             # whose settings changed as changed, and the next `up` restarts it (as compose recreates).
-            command = shlex.join([str(self.ctx.python), "-m", "native.run", str(spec), settings_digest(prog.env)])
+            digest = settings_digest({k: v for k, v in prog.env.items() if k in settings})
+            command = shlex.join([str(self.ctx.python), "-m", "native.run", str(spec), digest])
         many = prog.numprocs > 1
         lines = [
             f"[program:{name}]",
@@ -140,11 +141,10 @@ class Supervisor:
         return [p for p in self.rpc.getAllProcessInfo() if p["group"] == group]
 
 
-def settings_digest(env: dict[str, str]) -> str:
-    """What a program's settings are: the values of the variables `.env` names, as it got them
-    (`.env` with the environment on top). Other variables of the shell (TERM, PWD...) don't count."""
-    keys = sorted(set(env) & set(dotenv_values(ROOT / ".env")))
-    return "settings=" + hashlib.sha256(json.dumps([[k, env[k]] for k in keys]).encode()).hexdigest()[:12]
+def settings_digest(settings: dict[str, str]) -> str:
+    """A program's settings in short: the values it got of the variables `.env` names (`.env` with
+    the environment on top); other variables of the shell (TERM, PWD...) are left out by the caller."""
+    return "settings=" + hashlib.sha256(json.dumps(sorted(settings.items())).encode()).hexdigest()[:12]
 
 
 def ordered(names: list[str]) -> list[Service]:
@@ -312,8 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     p_logs.add_argument("service")
     p_logs.add_argument("-f", "--follow", action="store_true")
     p_logs.add_argument("-n", "--tail", type=int, default=100)
-    p_test = sub.add_parser("test", help="run every test tier (unit, integration, e2e)", add_help=False)
-    p_test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    sub.add_parser("test", help="run every test tier (unit, integration, e2e); any pytest options")
     sub.add_parser("trino-cli", help="Trino's SQL console against the running Trino (any trino CLI options)")
     for verb in ("start", "stop", "restart"):
         sub.add_parser(verb, help=f"{verb} services").add_argument("services", nargs="+")

@@ -48,8 +48,8 @@ class AirflowService(Service):
         home = self.home(ctx)
         (home / "dbt").mkdir(parents=True, exist_ok=True)
         os.chmod(home, 0o700)
-        # The programs wait for this marker, written once `airflow db migrate` has run this start.
-        self._migrated(ctx).unlink(missing_ok=True)
+        # The db-migrated marker is left alone here: a second `up` while Airflow runs must find it
+        # (healthy() reads it). Each start of the scheduler replaces it (programs()).
         fernet = home / "fernet.key"
         if not fernet.exists():
             fernet.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
@@ -116,8 +116,12 @@ class AirflowService(Service):
         env = self.env(ctx)
         marker = str(self._migrated(ctx))
         # compose runs `airflow db migrate` as the airflow-init job before the others start; here
-        # the scheduler runs it first and the other two wait for it.
-        wait = f'while [ ! -e "{marker}" ]; do sleep 1; done; exec '
+        # the scheduler runs it first and the other two wait for it: for a marker newer than their
+        # own start (one left by an earlier start must not let them through before the migration).
+        wait = (
+            f'started=$(date +%s); while [ ! -e "{marker}" ] || [ "$(stat -c %Y "{marker}")" -lt "$started" ]; '
+            "do sleep 1; done; exec "
+        )
         migrate = f'rm -f "{marker}"; airflow db migrate && touch "{marker}" && exec '
         return [
             Program(

@@ -6,6 +6,8 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY common/ common/
 COPY kafka_producer/ kafka_producer/
 COPY stream_consumer/ stream_consumer/
+# the pipeline exporter and Alertmanager's config renderer (compose's pipeline-exporter, alertmanager-init)
+COPY monitoring/ monitoring/
 RUN useradd --system --uid 10001 app
 USER app
 ENV PYTHONUNBUFFERED=1

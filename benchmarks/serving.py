@@ -123,7 +123,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="producer events/s during the benchmark")
     parser.add_argument("--warmup", type=int, default=60, help="seconds of production before measuring")
     args = parser.parse_args()
-    services = ["postgres", "kafka", "stream_consumer", "kafka_producer", "airflow", "trino", "superset"]
+    # prometheus: the lag chart reads the pipeline exporter's lag from it through Trino
+    services = ["postgres", "kafka", "stream_consumer", "kafka_producer", "airflow", "trino", "superset", "prometheus"]
     print(
         f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
         f"stack: {', '.join(services)}; producer {args.rate}/s",

@@ -42,6 +42,13 @@ class EphemeralStack:
             "TRINO_PORT": str(free_port()),
             "SUPERSET_PORT": str(free_port()),
             "AIRFLOW_PORT": str(free_port()),
+            "PROMETHEUS_PORT": str(free_port()),
+            "ALERTMANAGER_PORT": str(free_port()),
+            "POSTGRES_EXPORTER_PORT": str(free_port()),
+            "PIPELINE_EXPORTER_PORT": str(free_port()),
+            # the consumer's members serve metrics from this port up, the producer on its own
+            "CONSUMER_METRICS_PORT": str(free_port()),
+            "PRODUCER_METRICS_PORT": str(free_port()),
             **(extra_env or {}),
         }
         self.services = services

@@ -7,6 +7,7 @@ from native.services.apps import KafkaProducerService, StreamConsumerService
 from native.services.base import Service
 from native.services.kafka import KafkaService
 from native.services.postgres import PostgresService
+from native.services.prometheus import PrometheusService
 from native.services.superset import SupersetService
 from native.services.trino import TrinoService
 
@@ -20,5 +21,7 @@ SERVICES: dict[str, Service] = {
         AirflowService(),
         TrinoService(),
         SupersetService(),
+        # after every service it scrapes
+        PrometheusService(),
     )
 }

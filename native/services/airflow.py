@@ -55,7 +55,14 @@ class AirflowService(Service):
             fernet.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
             os.chmod(fernet, 0o600)
         passwords = home / "simple_auth_manager_passwords.json"
-        passwords.write_text(json.dumps({ctx["AIRFLOW_ADMIN_USER"]: ctx["AIRFLOW_ADMIN_PASSWORD"]}))
+        passwords.write_text(
+            json.dumps(
+                {
+                    ctx["AIRFLOW_ADMIN_USER"]: ctx["AIRFLOW_ADMIN_PASSWORD"],
+                    ctx["AIRFLOW_MONITOR_USER"]: ctx["AIRFLOW_MONITOR_PASSWORD"],
+                }
+            )
+        )
         os.chmod(passwords, 0o600)
 
     def _migrated(self, ctx: Context) -> Path:
@@ -94,7 +101,11 @@ class AirflowService(Service):
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
             ),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ctx['AIRFLOW_ADMIN_USER']}:admin",
+            # the admin, and a read-only user for the pipeline exporter (DAG runs for Prometheus)
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": (
+                f"{ctx['AIRFLOW_ADMIN_USER']}:admin,{ctx['AIRFLOW_MONITOR_USER']}:viewer"
+            ),
+            "AIRFLOW_MONITOR_USER": ctx["AIRFLOW_MONITOR_USER"],
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",

@@ -18,6 +18,7 @@ run_sql() {
     -v superset_db="$SUPERSET_DB" \
     -v airflow_user="$AIRFLOW_DB_USER" -v airflow_password="$AIRFLOW_DB_PASSWORD" \
     -v airflow_db="$AIRFLOW_DB" \
+    -v monitor_user="$MONITOR_DB_USER" -v monitor_password="$MONITOR_DB_PASSWORD" \
     -f "$2"
 }
 

@@ -7,8 +7,9 @@ import time
 
 import psycopg
 
-#: The end-to-end stack: every service but the producer (each test produces what it checks).
-SERVICE_NAMES = ["postgres", "kafka", "stream_consumer", "airflow", "trino", "superset"]
+#: The end-to-end stack: every service but the producer (each test produces what it checks);
+#: prometheus too: the dashboard's lag panel reads the pipeline exporter's lag through it.
+SERVICE_NAMES = ["postgres", "kafka", "stream_consumer", "airflow", "trino", "superset", "prometheus"]
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 1.0):

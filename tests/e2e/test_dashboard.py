@@ -105,7 +105,7 @@ def test_timeline_grew_by_the_events_produced_of_each_type(produced):
 
 def test_freshness_and_lag_show_a_caught_up_consumer(superset, produced):
     charts = superset.charts()
-    freshness = superset.chart_data(charts[FRESHNESS])[0]["seconds_since_newest_event"]
+    freshness = superset.chart_data(charts[FRESHNESS])[0]["seconds_since_last_stored"]
     lag = superset.chart_data(charts[LAG])[0]["lag"]
     assert 0 <= freshness <= time.time() - produced.produced_at + 1
     assert lag == 0

@@ -29,10 +29,13 @@ PUBLISHED_PORTS = {
     "trino": "TRINO_PORT",
     "superset": "SUPERSET_PORT",
     "airflow-apiserver": "AIRFLOW_PORT",
+    "prometheus": "PROMETHEUS_PORT",
+    "alertmanager": "ALERTMANAGER_PORT",
 }
 #: the defaults the issue and README promise
 DEFAULT_PORTS = {"SUPERSET_PORT": "8088", "TRINO_PORT": "8083", "AIRFLOW_PORT": "8080", "KAFKA_PORT": "9092"}
 DEFAULT_PORTS["POSTGRES_PORT"] = "5432"
+DEFAULT_PORTS.update(PROMETHEUS_PORT="9090", ALERTMANAGER_PORT="9095")
 #: compose service -> native service module that mirrors it
 NATIVE_MODULE = {
     "kafka": "kafka",
@@ -44,6 +47,11 @@ NATIVE_MODULE = {
     "airflow-scheduler": "airflow",
     "airflow-dag-processor": "airflow",
     "airflow-init": "airflow",
+    "prometheus": "prometheus",
+    "alertmanager": "prometheus",
+    "alertmanager-init": "prometheus",
+    "postgres-exporter": "prometheus",
+    "pipeline-exporter": "prometheus",
 }
 #: repository folders (config shared by both modes) -> compose services that must mount them
 SHARED_CONFIG = {
@@ -52,6 +60,8 @@ SHARED_CONFIG = {
     "airflow/dags": {"airflow-scheduler", "airflow-dag-processor", "airflow-apiserver", "airflow-init"},
     "dbt_project": {"airflow-scheduler", "airflow-dag-processor", "airflow-apiserver", "airflow-init"},
     "postgres/init": {"postgres-init"},
+    "monitoring": {"prometheus", "alertmanager-init"},
+    "monitoring/postgres_exporter": {"postgres-exporter"},
 }
 DEV_MARKER = "CHANGE-ME"
 
@@ -311,6 +321,35 @@ def test_native_service_installs_the_version_compose_runs(module, source):
     assert source in text or (name and f'"{folder}"' in text and name in text), source
 
 
+#: compose service -> (Debian package native mode runs instead, the .env variable with its image tag)
+MONITORING_IMAGES = {
+    "prometheus": ("prometheus", "PROMETHEUS_VERSION"),
+    "alertmanager": ("prometheus-alertmanager", "ALERTMANAGER_VERSION"),
+    "postgres-exporter": ("prometheus-postgres-exporter", "POSTGRES_EXPORTER_VERSION"),
+}
+
+
+@pytest.mark.parametrize("service", sorted(MONITORING_IMAGES))
+def test_monitoring_image_is_the_official_one_at_envs_version(service, raw):
+    official = {
+        "prometheus": "prom/prometheus",
+        "alertmanager": "prom/alertmanager",
+        "postgres-exporter": "quay.io/prometheuscommunity/postgres-exporter",
+    }
+    assert raw["services"][service]["image"] == f"{official[service]}:${{{MONITORING_IMAGES[service][1]}}}"
+
+
+@pytest.mark.parametrize("service", sorted(MONITORING_IMAGES))
+def test_native_monitoring_runs_the_debian_package_of_the_image_version(service, env):
+    """Debian bookworm's packages are what native mode runs: their version is the image's tag."""
+    from native.context import Context
+    from native.services.prometheus import PACKAGES, PrometheusService, binary_version
+
+    PrometheusService().install(Context())  # apt-get install on a fresh machine
+    package, var = MONITORING_IMAGES[service]
+    assert f"v{binary_version(PACKAGES[package][0])}" == env[var]
+
+
 @pytest.mark.parametrize(
     ("lock", "package", "version"),
     [
@@ -474,7 +513,7 @@ def test_stateful_services_keep_their_data_in_named_volumes(compose, services):
     declared = set(compose.get("volumes") or {})
     used = {v for s in services.values() for v in named_volumes(s)}
     assert used <= declared
-    for name in ("kafka", "postgres", "trino", "superset", "airflow-scheduler"):
+    for name in ("kafka", "postgres", "trino", "superset", "airflow-scheduler", "prometheus", "alertmanager"):
         assert named_volumes(services[name]), name
 
 

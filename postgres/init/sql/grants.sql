@@ -12,3 +12,8 @@ GRANT USAGE ON SCHEMA analytics TO :"trino_user";
 -- Tables dbt creates later are readable by Trino.
 ALTER DEFAULT PRIVILEGES FOR ROLE :"dbt_user" IN SCHEMA analytics GRANT SELECT ON TABLES TO :"trino_user";
 ALTER ROLE :"trino_user" SET default_transaction_read_only = on;
+
+-- Monitoring reads where the consumer resumes (lag, freshness) and the statistics views (pg_monitor).
+SELECT format('GRANT CONNECT ON DATABASE %I TO %I', :'db', :'monitor_user') \gexec
+GRANT USAGE ON SCHEMA streaming TO :"monitor_user";
+GRANT SELECT ON streaming.consumer_offsets TO :"monitor_user";

@@ -123,6 +123,8 @@ class TrinoService(Service):
     def program(self, ctx: Context) -> Program:
         state = self.state(ctx)
         env = {k: ctx[k] for k in ENV_KEYS}
+        # the prometheus catalog (compose: http://prometheus:9090)
+        env["PROMETHEUS_URL"] = f"http://127.0.0.1:{ctx['PROMETHEUS_PORT']}"
         env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
         return Program(
             # `run` stays in the foreground and execs java: supervisord's SIGTERM stops Trino.

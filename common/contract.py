@@ -3,12 +3,19 @@
 Any producer may write to the topics, so the consumer validates every message against these
 types; msgspec does the decoding and the type checks in C, which keeps validation off the
 consumer's critical path.
+
+Every field is bounded so that no message that passes can break a later stage: patterns match
+the whole string (`\\A...\\Z`: `$` would accept a trailing newline), text that Postgres stores
+cannot hold NUL, event times lie between EVENT_TIME_FLOOR and a small skew past the time the
+message reached Kafka, and amounts are capped so that no sum a table or mart keeps can overflow
+(README, "The event contract", states each bound).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from enum import StrEnum
 from typing import Annotated, Literal
 
 import msgspec
@@ -16,16 +23,23 @@ import msgspec
 SCHEMA_VERSION = 1
 KNOWN_EVENT_TYPES = ("view", "click", "purchase")
 BIGINT_MAX = 2**63 - 1
-# Money is carried in whole cents so that sums are exact whatever the batch boundaries.
+# Money is carried in whole cents so that sums are exact whatever the batch boundaries. Revenue
+# columns are numeric(38, 2): 10^25 purchases at this cap before any sum could overflow.
 AMOUNT_MAX = 1_000_000_000
+# No event or profile version is older than this: it bounds every duration a mart computes.
+EVENT_TIME_FLOOR = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+# ... and none is later than the time the message reached Kafka plus this (CONSUMER_MAX_FUTURE_SKEW).
+DEFAULT_MAX_FUTURE_SKEW = dt.timedelta(minutes=5)
 
-EventType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=50)]
+_WORD = r"\A[a-z][a-z0-9_]*\Z"
+EventType = Annotated[str, msgspec.Meta(pattern=_WORD, max_length=50)]
 PositiveId = Annotated[int, msgspec.Meta(ge=1, le=BIGINT_MAX)]
 AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
-CountryCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")]
+CountryCode = Annotated[str, msgspec.Meta(pattern=r"\A[A-Z]{2}\Z")]
 ShortText = Annotated[str, msgspec.Meta(max_length=2048)]
 # Postgres text cannot hold NUL: refuse it at the contract instead of failing a write.
-StoredText = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$", min_length=1, max_length=320)]
+StoredText = Annotated[str, msgspec.Meta(pattern=r"\A[^\x00]*\Z", min_length=1, max_length=320)]
+Amount = Annotated[float, msgspec.Meta(ge=0, le=AMOUNT_MAX)]
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -39,7 +53,7 @@ class Event(msgspec.Struct, frozen=True):
     occurred_at: AwareDatetime
     page: ShortText | None = None
     product_id: PositiveId | None = None
-    amount: Annotated[float, msgspec.Meta(ge=0, le=AMOUNT_MAX)] | None = None
+    amount: Amount | None = None
     device: Annotated[str, msgspec.Meta(max_length=50)] | None = None
     country: CountryCode | None = None
 
@@ -55,12 +69,30 @@ class UserProfile(msgspec.Struct, frozen=True):
     email: StoredText
     country: CountryCode
     signup_date: dt.date
-    plan: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]*$", max_length=50)]
+    plan: Annotated[str, msgspec.Meta(pattern=_WORD, max_length=50)]
     updated_at: AwareDatetime
 
 
+class Reason(StrEnum):
+    """Why a message is a dead letter, in one word: the `reason` column and the metrics' label."""
+
+    NULL_VALUE = "null_value"
+    OVERSIZE = "oversize"
+    MALFORMED = "malformed"  # not JSON, or not UTF-8
+    CONTRACT = "contract"  # JSON that breaks the types: a missing field, a wrong type or pattern
+    EVENT_TIME = "event_time"  # before EVENT_TIME_FLOOR or too far in the future
+    KEY_MISMATCH = "key_mismatch"
+    UNEXPECTED_TOPIC = "unexpected_topic"
+    REFUSED_BY_POSTGRES = "refused_by_postgres"  # a value Postgres refused (SQLSTATE class 22 or 23)
+    INTERNAL_ERROR = "internal_error"  # the consumer failed on this message: a bug, filed instead of a crash
+
+
 class InvalidMessage(ValueError):
-    """A message that breaks the contract; its text is the dead-letter reason."""
+    """A message that breaks the contract; its text is the dead-letter error, `reason` its category."""
+
+    def __init__(self, reason: Reason, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
 
 
 _event_decoder = msgspec.json.Decoder(Event)
@@ -68,31 +100,53 @@ _profile_decoder = msgspec.json.Decoder(UserProfile)
 event_encoder = msgspec.json.Encoder()
 
 
-def decode_event(value: bytes | None, max_bytes: int) -> Event:
-    """The event in `value`, or InvalidMessage saying why it breaks the contract."""
+def _decode(decoder: msgspec.json.Decoder, value: bytes | None, max_bytes: int, null_error: str):
     if value is None:
-        raise InvalidMessage("empty message (null value)")
+        raise InvalidMessage(Reason.NULL_VALUE, null_error)
     if len(value) > max_bytes:
-        raise InvalidMessage(f"oversize message: {len(value)} bytes > limit {max_bytes}")
+        raise InvalidMessage(Reason.OVERSIZE, f"oversize message: {len(value)} bytes > limit {max_bytes}")
     try:
-        event = _event_decoder.decode(value)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidMessage(str(exc)) from None
+        return decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        raise InvalidMessage(Reason.CONTRACT, str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidMessage(Reason.MALFORMED, str(exc)) from None
+    except RecursionError:  # msgspec recurses per nesting level: `[[[[...` deep enough exhausts the stack
+        raise InvalidMessage(Reason.MALFORMED, "JSON nested too deeply") from None
+
+
+def check_time(field: str, at: dt.datetime, latest: dt.datetime) -> None:
+    """Refuses a time before EVENT_TIME_FLOOR or after `latest` (arrival in Kafka plus the skew)."""
+    if at < EVENT_TIME_FLOOR:
+        raise InvalidMessage(
+            Reason.EVENT_TIME, f"{field} {at.isoformat()} is before the contract's floor {EVENT_TIME_FLOOR.isoformat()}"
+        )
+    if at > latest:
+        raise InvalidMessage(
+            Reason.EVENT_TIME,
+            f"{field} {at.isoformat()} is in the future: later than {latest.isoformat()} "
+            "(the message's arrival plus CONSUMER_MAX_FUTURE_SKEW)",
+        )
+
+
+def decode_event(value: bytes | None, max_bytes: int, latest: dt.datetime) -> Event:
+    """The event in `value`, or InvalidMessage saying why it breaks the contract.
+
+    `latest` is the latest acceptable `occurred_at`: when the message reached Kafka plus the skew."""
+    event = _decode(_event_decoder, value, max_bytes, "empty message (null value)")
+    check_time("occurred_at", event.occurred_at, latest)
     if event.amount is not None and event.event_type != "purchase":
-        raise InvalidMessage(f"amount is only allowed on purchases, got it on {event.event_type!r}")
+        raise InvalidMessage(Reason.CONTRACT, f"amount is only allowed on purchases, got it on {event.event_type!r}")
     return event
 
 
-def decode_profile(value: bytes | None, max_bytes: int) -> UserProfile:
+def decode_profile(value: bytes | None, max_bytes: int, latest: dt.datetime) -> UserProfile:
     """The profile in `value`, or InvalidMessage saying why it breaks the contract."""
-    if value is None:
-        raise InvalidMessage("tombstone (null value): profile deletion is not part of the contract")
-    if len(value) > max_bytes:
-        raise InvalidMessage(f"oversize message: {len(value)} bytes > limit {max_bytes}")
-    try:
-        return _profile_decoder.decode(value)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise InvalidMessage(str(exc)) from None
+    profile = _decode(
+        _profile_decoder, value, max_bytes, "tombstone (null value): profile deletion is not part of the contract"
+    )
+    check_time("updated_at", profile.updated_at, latest)
+    return profile
 
 
 def amount_cents(amount: float | None) -> int:

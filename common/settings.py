@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.contract import DEFAULT_MAX_FUTURE_SKEW
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO_ROOT / ".env"
 
@@ -41,6 +43,17 @@ class Settings(BaseSettings):
     consumer_batch_max_events: Annotated[int, Field(ge=1, le=1_000_000)] = 50_000
     consumer_batch_max_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     consumer_max_event_bytes: Annotated[int, Field(ge=256, le=100_000_000)] = 65_536
+    # Seconds an event's occurred_at (a profile's updated_at) may lie past the message's arrival in
+    # Kafka, for producers whose clocks run ahead. At most a day, so that the contract stays tight.
+    consumer_max_future_skew: Annotated[int, Field(ge=0, le=86_400)] = int(DEFAULT_MAX_FUTURE_SKEW.total_seconds())
+    consumer_replicas: Annotated[int, Field(ge=1, le=100)] = 1
+    # Member k of CONSUMER_REPLICAS serves /metrics and /healthz on the k-th port from this one.
+    consumer_metrics_port: Port = 9111
+    producer_metrics_port: Port = 9110
+    # Where the producer and the consumer serve metrics: loopback natively; compose sets 0.0.0.0.
+    metrics_host: str = "127.0.0.1"
+    # Dead letters older than this are deleted by the consumer (0 keeps them forever).
+    dead_letter_retention_days: Annotated[int, Field(ge=0, le=36_500)] = 30
     consumer_session_timeout_ms: Annotated[int, Field(ge=1000)] = 10_000
     # A member that does not poll for this long (e.g. stuck in a database call) leaves the group.
     consumer_max_poll_interval_ms: Annotated[int, Field(ge=1000)] = 300_000

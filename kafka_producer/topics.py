@@ -10,9 +10,17 @@ def ensure_topics(bootstrap: str, events_topic: str, profiles_topic: str, partit
     """Creates whichever of the topics is missing; returns the names it created."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = admin.list_topics(timeout=10).topics
+    # The broker stamps each message when it arrives (LogAppendTime): the consumer bounds event
+    # times by that stamp, which no producer can set, so a rebuild judges every message the same.
+    stamp = {"message.timestamp.type": "LogAppendTime"}
     wanted = [
-        NewTopic(events_topic, num_partitions=partitions, replication_factor=1),
-        NewTopic(profiles_topic, num_partitions=partitions, replication_factor=1, config={"cleanup.policy": "compact"}),
+        NewTopic(events_topic, num_partitions=partitions, replication_factor=1, config=stamp),
+        NewTopic(
+            profiles_topic,
+            num_partitions=partitions,
+            replication_factor=1,
+            config={**stamp, "cleanup.policy": "compact"},
+        ),
     ]
     missing = [t for t in wanted if t.topic not in existing]
     if not missing:

@@ -1,23 +1,39 @@
-"""The event contract: what the consumer accepts and the reason it gives for what it refuses."""
+"""The event contract: what the consumer accepts, the reason it gives for what it refuses, and its
+bounds, at their edges and under generated hostile input (Hypothesis)."""
 
+import datetime as dt
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from common.contract import InvalidMessage, amount_cents, decode_event, decode_profile
+from common.contract import (
+    AMOUNT_MAX,
+    BIGINT_MAX,
+    EVENT_TIME_FLOOR,
+    Event,
+    InvalidMessage,
+    Reason,
+    UserProfile,
+    amount_cents,
+    decode_event,
+    decode_profile,
+)
+from tests.strategies import VALID_EVENT as VALID
+from tests.strategies import edge_values, hostile_events, json_values
 
-VALID = {
-    "schema_version": 1,
-    "event_id": "5f0b7c1e-8d3a-4e0c-9a51-2f1f7d9c3b10",
-    "event_type": "purchase",
-    "user_id": 42,
-    "session_id": "0c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90",
-    "occurred_at": "2026-11-22T15:04:05.123Z",
-    "page": "/products/17",
-    "product_id": 17,
-    "amount": 19.99,
-    "device": "mobile",
+NOW = dt.datetime(2026, 11, 22, 15, 10, tzinfo=dt.UTC)
+LATEST = NOW + dt.timedelta(minutes=5)
+
+PROFILE = {
+    "user_id": 1,
+    "name": "Ada",
+    "email": "a@b.c",
     "country": "US",
+    "signup_date": "2024-01-01",
+    "plan": "free",
+    "updated_at": "2026-01-01T00:00:00Z",
 }
 
 
@@ -26,78 +42,170 @@ def encode(**changes) -> bytes:
     return json.dumps({k: v for k, v in event.items() if v is not ...}).encode()
 
 
+def encode_profile(**changes) -> bytes:
+    return json.dumps({**PROFILE, **changes}).encode()
+
+
 def test_the_design_example_is_valid():
-    event = decode_event(encode(), 65536)
+    event = decode_event(encode(), 65536, LATEST)
     assert (event.user_id, event.event_type, amount_cents(event.amount)) == (42, "purchase", 1999)
 
 
 def test_unknown_fields_and_new_event_types_are_accepted():
-    event = decode_event(encode(event_type="add_to_cart", amount=None, referrer="newsletter"), 65536)
+    event = decode_event(encode(event_type="add_to_cart", amount=None, referrer="newsletter"), 65536, LATEST)
     assert event.event_type == "add_to_cart"
 
 
 def test_optional_fields_may_be_missing():
-    event = decode_event(encode(page=..., product_id=..., amount=..., device=..., country=...), 65536)
+    event = decode_event(encode(page=..., product_id=..., amount=..., device=..., country=...), 65536, LATEST)
     assert event.amount is None
 
 
 @pytest.mark.parametrize(
-    ("raw", "reason"),
+    ("raw", "reason", "text"),
     [
-        (b"not json", "malformed"),
-        (b"[1, 2]", "Expected `object`"),
-        (b'"a string"', "Expected `object`"),
-        (b"\xff\xfe\x00", "malformed"),
-        (encode(event_id=...), "missing required field `event_id`"),
-        (encode(schema_version=2), "schema_version"),
-        (encode(user_id="42"), "$.user_id"),
-        (encode(user_id=0), "$.user_id"),
-        (encode(user_id=-5), "$.user_id"),
-        (encode(user_id=2**70), "$.user_id"),
-        (encode(event_id="not-a-uuid"), "Invalid UUID"),
-        (encode(session_id=17), "$.session_id"),
-        (encode(occurred_at="2026-11-22 15:04:05"), "$.occurred_at"),
-        (encode(occurred_at="2026-11-22T15:04:05"), "timezone"),
-        (encode(occurred_at="yesterday"), "$.occurred_at"),
-        (encode(event_type="Purchase"), "$.event_type"),
-        (encode(event_type="x" * 51), "$.event_type"),
-        (encode(event_type=""), "$.event_type"),
-        (encode(amount=-1), "$.amount"),
-        (encode(amount="19.99"), "$.amount"),
-        (encode(event_type="view"), "only allowed on purchases"),
-        (encode(country="usa"), "$.country"),
-        (encode(product_id=1.5), "$.product_id"),
+        (b"not json", Reason.MALFORMED, "malformed"),
+        (b"[1, 2]", Reason.CONTRACT, "Expected `object`"),
+        (b'"a string"', Reason.CONTRACT, "Expected `object`"),
+        (b"\xff\xfe\x00", Reason.MALFORMED, "malformed"),
+        (encode(event_id=...), Reason.CONTRACT, "missing required field `event_id`"),
+        (encode(schema_version=2), Reason.CONTRACT, "schema_version"),
+        (encode(user_id="42"), Reason.CONTRACT, "$.user_id"),
+        (encode(user_id=0), Reason.CONTRACT, "$.user_id"),
+        (encode(user_id=-5), Reason.CONTRACT, "$.user_id"),
+        (encode(user_id=2**70), Reason.CONTRACT, "$.user_id"),
+        (encode(event_id="not-a-uuid"), Reason.CONTRACT, "Invalid UUID"),
+        (encode(session_id=17), Reason.CONTRACT, "$.session_id"),
+        (encode(occurred_at="2026-11-22 15:04:05"), Reason.CONTRACT, "$.occurred_at"),
+        (encode(occurred_at="2026-11-22T15:04:05"), Reason.CONTRACT, "timezone"),
+        (encode(occurred_at="yesterday"), Reason.CONTRACT, "$.occurred_at"),
+        (encode(event_type="Purchase"), Reason.CONTRACT, "$.event_type"),
+        (encode(event_type="x" * 51), Reason.CONTRACT, "$.event_type"),
+        (encode(event_type=""), Reason.CONTRACT, "$.event_type"),
+        (encode(amount=-1), Reason.CONTRACT, "$.amount"),
+        (encode(amount=AMOUNT_MAX + 0.01), Reason.CONTRACT, "$.amount"),
+        (encode(amount="19.99"), Reason.CONTRACT, "$.amount"),
+        (encode(event_type="view"), Reason.CONTRACT, "only allowed on purchases"),
+        (encode(country="usa"), Reason.CONTRACT, "$.country"),
+        (encode(product_id=1.5), Reason.CONTRACT, "$.product_id"),
     ],
 )
-def test_contract_breaches_are_refused_with_a_reason(raw, reason):
-    with pytest.raises(InvalidMessage, match=None) as info:
-        decode_event(raw, 65536)
-    assert reason in str(info.value)
+def test_contract_breaches_are_refused_with_a_reason(raw, reason, text):
+    with pytest.raises(InvalidMessage) as info:
+        decode_event(raw, 65536, LATEST)
+    assert (info.value.reason, text in str(info.value)) == (reason, True)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"event_type": "view\n", "amount": None}, {"country": "US\n"}, {"event_type": "\nview", "amount": None}],
+)
+def test_patterns_match_the_whole_string_so_a_trailing_newline_is_refused(changes):
+    with pytest.raises(InvalidMessage, match="regex"):
+        decode_event(encode(**changes), 65536, LATEST)
+
+
+@pytest.mark.parametrize("field", ["plan", "country"])
+def test_profile_patterns_match_the_whole_string(field):
+    value = {"plan": "pro\n", "country": "DE\n"}[field]
+    with pytest.raises(InvalidMessage, match=field):
+        decode_profile(encode_profile(**{field: value}), 65536, LATEST)
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    ["9999-12-31T23:59:59-01:00", "2026-11-22T15:15:00.001Z", "1999-12-31T23:59:59.999Z", "2000-01-01T00:30:00+01:00"],
+)
+def test_event_times_outside_the_floor_and_the_future_skew_are_refused(occurred_at):
+    with pytest.raises(InvalidMessage) as info:
+        decode_event(encode(occurred_at=occurred_at), 65536, LATEST)
+    assert info.value.reason == Reason.EVENT_TIME
+
+
+@pytest.mark.parametrize("occurred_at", ["2000-01-01T00:00:00Z", "2026-11-22T15:15:00Z", "2026-11-22T20:15:00+05:00"])
+def test_event_times_on_the_bounds_are_accepted(occurred_at):
+    assert decode_event(encode(occurred_at=occurred_at), 65536, LATEST).occurred_at == dt.datetime.fromisoformat(
+        occurred_at
+    )
+
+
+def test_a_profile_dated_in_the_future_is_refused():
+    with pytest.raises(InvalidMessage, match="updated_at .* is in the future"):
+        decode_profile(encode_profile(updated_at="2030-01-01T00:00:00Z"), 65536, LATEST)
 
 
 def test_oversize_messages_are_refused_before_parsing():
     with pytest.raises(InvalidMessage, match="oversize message: 2000 bytes > limit 1000"):
-        decode_event(b" " * 2000, 1000)
+        decode_event(b" " * 2000, 1000, LATEST)
+
+
+def test_json_nested_deeper_than_the_stack_is_refused_as_malformed():
+    with pytest.raises(InvalidMessage, match="nested too deeply"):
+        decode_event(b'{"a":' * 10_000 + b"1" + b"}" * 10_000, 65536, LATEST)
 
 
 def test_null_value_is_refused():
     with pytest.raises(InvalidMessage, match="null value"):
-        decode_event(None, 1000)
+        decode_event(None, 1000, LATEST)
 
 
 def test_profile_with_nul_in_name_is_refused():
-    profile = {
-        "user_id": 1,
-        "name": "a\u0000b",
-        "email": "a@b.c",
-        "country": "US",
-        "signup_date": "2024-01-01",
-        "plan": "free",
-        "updated_at": "2026-01-01T00:00:00Z",
-    }
     with pytest.raises(InvalidMessage, match=r"\$.name"):
-        decode_profile(json.dumps(profile).encode(), 65536)
+        decode_profile(encode_profile(name="a\u0000b"), 65536, LATEST)
 
 
 def test_amount_cents_rounds_to_the_nearest_cent():
     assert [amount_cents(x) for x in (None, 0, 19.99, 0.1 + 0.2, 1e9)] == [0, 0, 1999, 30, 100_000_000_000]
+
+
+# --- generated input ---------------------------------------------------------------------------
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_events())
+def test_any_message_is_an_event_within_every_bound_or_refused_with_a_reason(raw):
+    try:
+        event = decode_event(raw, 65536, LATEST)
+    except InvalidMessage as exc:
+        assert exc.reason in Reason and str(exc)
+        return
+    assert isinstance(event, Event)
+    assert EVENT_TIME_FLOOR <= event.occurred_at <= LATEST
+    assert 1 <= event.user_id <= BIGINT_MAX
+    assert event.amount is None or (0 <= event.amount <= AMOUNT_MAX and event.event_type == "purchase")
+    assert len(event.event_type) <= 50 and event.event_type.isascii() and "\n" not in event.event_type
+    assert event.country is None or (len(event.country) == 2 and event.country.isupper())
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300) | st.builds(json.dumps, json_values).map(str.encode))
+def test_arbitrary_bytes_never_raise_anything_but_invalid_message(raw):
+    for decode in (decode_event, decode_profile):
+        try:
+            decode(raw, 256, LATEST)
+        except InvalidMessage:
+            pass
+
+
+@settings(max_examples=300)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "name": st.text(max_size=400) | json_values,
+            "plan": st.from_regex(r"[a-z][a-z0-9_\n]{0,55}") | json_values,
+            "updated_at": edge_values["occurred_at"],
+            "signup_date": st.dates().map(str) | json_values,
+            "user_id": edge_values["user_id"],
+        },
+    )
+)
+def test_any_profile_is_storable_or_refused(changes):
+    try:
+        profile = decode_profile(encode_profile(**changes), 65536, LATEST)
+    except InvalidMessage:
+        return
+    assert isinstance(profile, UserProfile)
+    assert EVENT_TIME_FLOOR <= profile.updated_at <= LATEST
+    assert "\x00" not in profile.name and 1 <= len(profile.name) <= 320
+    assert profile.plan.isascii() and "\n" not in profile.plan

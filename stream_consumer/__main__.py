@@ -1,4 +1,13 @@
-"""python -m stream_consumer [run|rebuild]: one member of the consumer group (run it N times for N)."""
+"""python -m stream_consumer [COMMAND]: the stream consumer and its operator tools.
+
+run                      one member of the consumer group (the default; run it N times for N)
+rebuild [--force]        replay: reset the aggregates and offsets, reconsume the topics
+offsets show             each partition's stored offset against its log
+offsets reset --to earliest|latest [--topic T] [--partition N] [--yes]
+                         move stored offsets, after saying what is skipped or read twice
+dead-letters list|show|replay|purge
+                         the messages the contract refused
+"""
 
 from __future__ import annotations
 
@@ -7,56 +16,105 @@ import logging
 import sys
 
 from common.settings import load_settings
-from stream_consumer.consumer import StreamConsumer
-from stream_consumer.store import Store
 
 
-def rebuild(settings) -> int:
-    """Resets the aggregates and offsets in one transaction, then consumes until caught up."""
-    from confluent_kafka import Consumer, TopicPartition
+def _selection(args) -> object:
+    from stream_consumer.dead_letters import Selection, parse_time
 
-    store = Store(settings.consumer_dsn(), settings.kafka_consumer_group)
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "stream_consumer.rebuild"})
-    topics = [settings.kafka_topic, settings.kafka_profiles_topic]
-    meta = probe.list_topics(timeout=10).topics
-    ends = {
-        (t, p): probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
-        for t in topics
-        for p in meta[t].partitions
-    }
-    probe.close()
-    store.reset()
-    logging.info("rebuild: aggregates and offsets reset; reconsuming %d messages", sum(ends.values()))
-    consumer = StreamConsumer(settings, store)
+    try:
+        return Selection(
+            ids=getattr(args, "ids", None),
+            reason=args.reason,
+            topic=args.topic,
+            since=parse_time(args.since) if args.since else None,
+            until=parse_time(args.until) if args.until else None,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
-    watcher = Store(settings.consumer_dsn(), settings.kafka_consumer_group)  # the consumer's own is busy
 
-    def caught_up() -> bool:
-        stored = watcher.stored_offsets()
-        return all(stored.get(k, 0) >= end for k, end in ends.items())
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m stream_consumer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("run", help="consume until stopped (default)")
+    rb = sub.add_parser("rebuild", help="reset the aggregates and offsets in one transaction, then reconsume")
+    rb.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even if retention deleted the start of a log (its counts are lost)",
+    )
 
-    consumer.run(until=caught_up)
-    watcher.close()
-    logging.info("rebuild: done")
-    return 0
+    off = sub.add_parser("offsets", help="stored offsets against the logs").add_subparsers(dest="action", required=True)
+    off.add_parser("show", help="each partition: stored offset, the log's range, lag; exit 1 if one is outside")
+    reset = off.add_parser(
+        "reset",
+        help="move stored offsets to the start or the end of their log",
+        description="Without --partition: the partitions whose stored offset is outside their log (the ones the "
+        "consumer refuses to read). Says what is skipped or read twice, then asks (or --yes).",
+    )
+    reset.add_argument("--to", choices=["earliest", "latest"], required=True)
+    reset.add_argument("--topic", help="default: KAFKA_TOPIC")
+    reset.add_argument("--partition", type=int)
+    reset.add_argument("--yes", action="store_true", help="do not ask")
+
+    dl = sub.add_parser("dead-letters", help="the refused messages").add_subparsers(dest="action", required=True)
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--reason", help="e.g. contract, malformed, event_time, oversize, key_mismatch")
+    filters.add_argument("--topic")
+    filters.add_argument("--since", help="received at or after: ISO 8601 or an age (30m, 12h, 7d)")
+    filters.add_argument("--until", help="received before: ISO 8601 or an age")
+    ls = dl.add_parser("list", parents=[filters], help="counts by topic and reason, then the newest")
+    ls.add_argument("--limit", type=int, default=20)
+    dl.add_parser("show", help="one dead letter whole, raw message included").add_argument("id", type=int)
+    rp = dl.add_parser(
+        "replay",
+        parents=[filters],
+        help="run dead letters through the current contract: the ones that pass are counted (once) and removed",
+    )
+    rp.add_argument("ids", nargs="*", type=int, help="dead letter ids (default: every one the filters select)")
+    rp.add_argument("--all", action="store_true", help="replay every dead letter (needed when nothing else selects)")
+    pg = dl.add_parser("purge", parents=[filters], help="delete dead letters received more than N days ago")
+    pg.add_argument("--older-than", type=int, metavar="DAYS", help="default: DEAD_LETTER_RETENTION_DAYS")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stream_consumer", description=__doc__)
-    parser.add_argument(
-        "command",
-        nargs="?",
-        default="run",
-        choices=["run", "rebuild"],
-        help="run: consume until stopped (default); rebuild: reset the aggregates and "
-        "offsets in one transaction, then reconsume the topics from the start",
-    )
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     settings = load_settings()
-    if args.command == "rebuild":
-        return rebuild(settings)
-    StreamConsumer(settings).run()
+    command = args.command or "run"
+    if command == "run":
+        from stream_consumer.consumer import StreamConsumer
+
+        StreamConsumer(settings).run()
+        return 0
+    if command == "rebuild":
+        from stream_consumer.offsets import rebuild
+
+        return rebuild(settings, args.force)
+    if command == "offsets":
+        from stream_consumer import offsets
+
+        if args.action == "show":
+            return offsets.show(settings)
+        return offsets.reset(settings, args.to, args.topic, args.partition, args.yes)
+    from stream_consumer import dead_letters
+
+    if args.action == "show":
+        return dead_letters.show(settings, args.id)
+    sel = _selection(args)
+    if args.action == "list":
+        return dead_letters.list_dead_letters(settings, sel, args.limit)
+    if args.action == "replay":
+        if sel.empty and not args.all:
+            raise SystemExit("error: say which dead letters to replay: ids, --reason/--topic/--since/--until, or --all")
+        return dead_letters.replay(settings, sel)
+    days = settings.dead_letter_retention_days if args.older_than is None else args.older_than
+    if not days:
+        raise SystemExit("error: DEAD_LETTER_RETENTION_DAYS is 0 (keep forever): give --older-than DAYS")
+    print(f"purged {dead_letters.purge(settings.consumer_dsn(), days, sel)} dead letters older than {days} days")
     return 0
 
 

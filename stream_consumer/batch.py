@@ -1,28 +1,79 @@
 """Pure micro-batch aggregation: messages in, the rows of one Postgres transaction out.
 
-No Kafka and no Postgres here. A message is anything with Kafka's Message accessors
-(topic(), partition(), offset(), key(), value()), so unit tests pass plain objects.
+No Kafka client and no Postgres here. A message is anything with Kafka's Message accessors
+(topic(), partition(), offset(), key(), value(), timestamp()), so unit tests pass plain objects.
+
+No message can make `add` raise: whatever goes wrong while decoding, checking or aggregating one
+message (the contract's InvalidMessage, or any other exception, which would be a bug of ours)
+makes that message a dead letter, and the aggregates stay as they were before it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import logging
+import time
 import uuid
-from dataclasses import dataclass
 
-from common.contract import InvalidMessage, UserProfile, amount_cents, decode_event, decode_profile
+from common.contract import (
+    DEFAULT_MAX_FUTURE_SKEW,
+    InvalidMessage,
+    Reason,
+    UserProfile,
+    amount_cents,
+    decode_event,
+    decode_profile,
+)
+
+log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
+# confluent_kafka.TIMESTAMP_LOG_APPEND_TIME: the broker stamped the message when it arrived.
+LOG_APPEND_TIME = 2
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
+class UserEventRow:
+    """A batch's share of one streaming.user_events row, key (user_id, event_type)."""
+
+    events: int
+    first_at: dt.datetime
+    last_at: dt.datetime
+
+
+@dataclasses.dataclass(slots=True)
+class MinuteRow:
+    """A batch's share of one streaming.event_minutes row, key (minute, event_type)."""
+
+    events: int
+    revenue_cents: int
+
+
+@dataclasses.dataclass(slots=True)
+class SessionRow:
+    """A batch's share of one streaming.sessions row, key (session_id, user_id)."""
+
+    first_at: dt.datetime
+    last_at: dt.datetime
+    events: int
+    purchases: int
+    revenue_cents: int
+
+
+@dataclasses.dataclass(frozen=True)
 class DeadLetter:
     topic: str
     partition: int
     offset: int
     key: str | None
     raw_value: str | None
+    reason: Reason
     error: str
+    #: when the broker appended the message (LogAppendTime topics); None for producers' create times
+    kafka_timestamp: dt.datetime | None
+    #: raw_value is the whole message byte for byte, so it can be replayed
+    raw_value_exact: bool = False
 
 
 def _text(raw: bytes | None, limit: int) -> str | None:
@@ -32,107 +83,179 @@ def _text(raw: bytes | None, limit: int) -> str | None:
     return raw[:limit].decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
 
 
-class Batch:
-    """Aggregates of one micro-batch, plus its dead letters and the next offset of each partition."""
+def _exact(raw: bytes | None, limit: int) -> bool:
+    """Whether _text(raw, limit) gives back exactly these bytes when encoded as UTF-8."""
+    if raw is None or len(raw) > limit or b"\x00" in raw:
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
-    def __init__(self, events_topic: str, profiles_topic: str, max_event_bytes: int) -> None:
+
+def append_time(msg) -> dt.datetime | None:
+    """When the broker appended the message; None where the topic keeps the producer's create time
+    (anyone may set that to anything, so it proves nothing)."""
+    kind, ms = msg.timestamp()
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC) if kind == LOG_APPEND_TIME else None
+
+
+class Batch:
+    """Aggregates of one micro-batch, plus its dead letters and the next offset of each partition.
+
+    It keeps its messages too: if Postgres refuses the batch for its data, the writer splits it
+    (`halves`) until the one message at fault is alone and can be filed as a dead letter."""
+
+    def __init__(
+        self,
+        events_topic: str,
+        profiles_topic: str,
+        max_event_bytes: int,
+        max_future_skew: dt.timedelta = DEFAULT_MAX_FUTURE_SKEW,
+        wall_clock: float | None = None,
+    ) -> None:
         self.events_topic = events_topic
         self.profiles_topic = profiles_topic
         self.max_event_bytes = max_event_bytes
-        # (user_id, event_type) -> [count, first occurred_at, last occurred_at]
-        self.user_events: dict[tuple[int, str], list] = {}
-        # (minute as epoch minutes, event_type) -> [count, revenue in cents]; see minute_rows()
-        self.minutes: dict[tuple[int, str], list] = {}
-        # session_id -> [user_id, first, last, events, purchases, revenue in cents]
-        self.sessions: dict[uuid.UUID, list] = {}
+        self.max_future_skew = max_future_skew
+        # The time messages without a broker timestamp are checked against; fixed for the batch so
+        # that a batch split in halves judges each message as the whole batch did.
+        self.wall_clock = wall_clock
+        self.user_events: dict[tuple[int, str], UserEventRow] = {}
+        # key (minute as epoch minutes, event_type); see minute_rows()
+        self.minutes: dict[tuple[int, str], MinuteRow] = {}
+        self.sessions: dict[tuple[uuid.UUID, int], SessionRow] = {}
         self.users: dict[int, UserProfile] = {}
         self.dead_letters: list[DeadLetter] = []
         self.next_offsets: dict[TopicPartition, int] = {}
-        self.messages = 0
+        self.messages: list = []
         self.events = 0
 
     def __len__(self) -> int:
-        return self.messages
+        return len(self.messages)
+
+    def _empty_like(self) -> Batch:
+        return Batch(
+            self.events_topic, self.profiles_topic, self.max_event_bytes, self.max_future_skew, self.wall_clock
+        )
+
+    def halves(self) -> tuple[Batch, Batch]:
+        """This batch's messages in two batches, in order: the first holds a prefix of every partition."""
+        middle = len(self.messages) // 2
+        first, second = self._empty_like(), self._empty_like()
+        first.add(self.messages[:middle])
+        second.add(self.messages[middle:])
+        return first, second
+
+    def refused(self, error: str, bare: bool = False) -> Batch:
+        """This one-message batch as a batch that files its message as a dead letter instead;
+        `bare`: without its key and raw value, the error in ASCII (for when Postgres refuses those)."""
+        [msg] = self.messages
+        batch = self._empty_like()
+        batch.messages.append(msg)
+        batch.next_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        batch.dead_letter(msg, Reason.REFUSED_BY_POSTGRES, error)
+        if bare:
+            d = batch.dead_letters[0]
+            batch.dead_letters[0] = dataclasses.replace(
+                d,
+                key=None,
+                raw_value=None,
+                raw_value_exact=False,
+                error=error.encode("ascii", "backslashreplace").decode(),
+            )
+        return batch
 
     def add(self, messages) -> None:
         """Adds Kafka messages (no error messages) in their partition order."""
         events_topic, max_bytes = self.events_topic, self.max_event_bytes
         user_events, minutes, sessions = self.user_events, self.minutes, self.sessions
         next_offsets = self.next_offsets
+        skew = self.max_future_skew.total_seconds()
+        if self.wall_clock is None:
+            self.wall_clock = time.time()
+        wall_latest = dt.datetime.fromtimestamp(self.wall_clock + skew, dt.UTC)
+        self.messages.extend(messages)
         for msg in messages:
             topic = msg.topic()
             next_offsets[(topic, msg.partition())] = msg.offset() + 1
-            self.messages += 1
+            # Everything that can fail on account of this message happens before any aggregate changes.
             try:
+                kind, ms = msg.timestamp()
+                latest = dt.datetime.fromtimestamp(ms / 1000 + skew, dt.UTC) if kind == LOG_APPEND_TIME else wall_latest
                 if topic != events_topic:
-                    self._add_profile(msg)
+                    self._add_profile(msg, latest)
                     continue
-                event = decode_event(msg.value(), max_bytes)
+                event = decode_event(msg.value(), max_bytes, latest)
                 if msg.key() != str(event.user_id).encode():
-                    raise InvalidMessage(f"key {_text(msg.key(), 64)!r} is not the event's user_id {event.user_id}")
+                    raise InvalidMessage(
+                        Reason.KEY_MISMATCH, f"key {_text(msg.key(), 64)!r} is not the event's user_id {event.user_id}"
+                    )
+                at = event.occurred_at
+                etype = event.event_type
+                purchase = etype == "purchase"
+                cents = amount_cents(event.amount) if purchase else 0
+                minute = int(at.timestamp() // 60)  # 3x cheaper than datetime.replace(second=0, ...)
             except InvalidMessage as exc:
-                self.dead_letter(msg, str(exc))
+                self.dead_letter(msg, exc.reason, str(exc))
+                continue
+            except Exception as exc:  # a bug of ours must cost this message, not the pipeline
+                log.exception("failed on %s[%d]@%d; filing it as a dead letter", topic, msg.partition(), msg.offset())
+                self.dead_letter(msg, Reason.INTERNAL_ERROR, f"consumer error: {type(exc).__name__}: {exc}")
                 continue
             self.events += 1
-            at = event.occurred_at
-            etype = event.event_type
-            purchase = etype == "purchase"
-            cents = amount_cents(event.amount) if purchase else 0
 
             row = user_events.get((event.user_id, etype))
             if row is None:
-                user_events[(event.user_id, etype)] = [1, at, at]
+                user_events[(event.user_id, etype)] = UserEventRow(1, at, at)
             else:
-                row[0] += 1
-                if at < row[1]:
-                    row[1] = at
-                elif at > row[2]:
-                    row[2] = at
+                row.events += 1
+                if at < row.first_at:
+                    row.first_at = at
+                elif at > row.last_at:
+                    row.last_at = at
 
-            minute = int(at.timestamp() // 60)  # 3x cheaper than datetime.replace(second=0, ...)
-            row = minutes.get((minute, etype))
-            if row is None:
-                minutes[(minute, etype)] = [1, cents]
+            mrow = minutes.get((minute, etype))
+            if mrow is None:
+                minutes[(minute, etype)] = MinuteRow(1, cents)
             else:
-                row[0] += 1
-                row[1] += cents
+                mrow.events += 1
+                mrow.revenue_cents += cents
 
-            row = sessions.get(event.session_id)
-            if row is None:
-                sessions[event.session_id] = [event.user_id, at, at, 1, int(purchase), cents]
+            srow = sessions.get((event.session_id, event.user_id))
+            if srow is None:
+                sessions[(event.session_id, event.user_id)] = SessionRow(at, at, 1, int(purchase), cents)
             else:
-                if event.user_id < row[0]:  # a session shared by users: keep the smallest id, deterministically
-                    row[0] = event.user_id
-                if at < row[1]:
-                    row[1] = at
-                elif at > row[2]:
-                    row[2] = at
-                row[3] += 1
-                row[4] += purchase
-                row[5] += cents
+                if at < srow.first_at:
+                    srow.first_at = at
+                elif at > srow.last_at:
+                    srow.last_at = at
+                srow.events += 1
+                srow.purchases += purchase
+                srow.revenue_cents += cents
 
     def minute_rows(self) -> list[tuple[dt.datetime, str, int, int]]:
         """The per-minute aggregates as (minute start in UTC, event_type, count, revenue in cents)."""
-        return [(dt.datetime.fromtimestamp(m * 60, dt.UTC), e, c, r) for (m, e), (c, r) in self.minutes.items()]
+        return [
+            (dt.datetime.fromtimestamp(m * 60, dt.UTC), e, row.events, row.revenue_cents)
+            for (m, e), row in self.minutes.items()
+        ]
 
-    def _add_profile(self, msg) -> None:
+    def _add_profile(self, msg, latest: dt.datetime) -> None:
         if msg.topic() != self.profiles_topic:
-            raise InvalidMessage(f"unexpected topic {msg.topic()!r}")
-        profile = decode_profile(msg.value(), self.max_event_bytes)
+            raise InvalidMessage(Reason.UNEXPECTED_TOPIC, f"unexpected topic {msg.topic()!r}")
+        profile = decode_profile(msg.value(), self.max_event_bytes, latest)
         if msg.key() != str(profile.user_id).encode():
-            raise InvalidMessage(f"key {_text(msg.key(), 64)!r} is not the profile's user_id {profile.user_id}")
+            raise InvalidMessage(
+                Reason.KEY_MISMATCH, f"key {_text(msg.key(), 64)!r} is not the profile's user_id {profile.user_id}"
+            )
         current = self.users.get(profile.user_id)
         # Last write wins by updated_at, never by arrival order; a tie keeps the later message.
         if current is None or profile.updated_at >= current.updated_at:
             self.users[profile.user_id] = profile
 
-    def add_dead_letter(self, msg, error: str) -> None:
-        """Files one message as a dead letter (a message the store itself refused)."""
-        self.next_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-        self.messages += 1
-        self.dead_letter(msg, error)
-
-    def dead_letter(self, msg, error: str) -> None:
+    def dead_letter(self, msg, reason: Reason, error: str) -> None:
         value = msg.value()
         if value is not None and len(value) > self.max_event_bytes:
             error += f" (raw_value keeps the first {self.max_event_bytes} bytes)"
@@ -143,6 +266,9 @@ class Batch:
                 offset=msg.offset(),
                 key=_text(msg.key(), 256),
                 raw_value=_text(value, self.max_event_bytes),
+                reason=reason,
                 error=error,
+                kafka_timestamp=append_time(msg),
+                raw_value_exact=_exact(value, self.max_event_bytes),
             )
         )

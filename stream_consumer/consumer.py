@@ -7,22 +7,26 @@ afterwards for lag monitoring only and are never read back.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from common.settings import Settings
 from stream_consumer.batch import Batch
+from stream_consumer.batch import TopicPartition as PartitionKey
+from stream_consumer.metrics import ConsumerMetrics, MetricsServer
 from stream_consumer.store import Fenced, Store
+from stream_consumer.writer import Health, Landed, Writer, first_line
 
 log = logging.getLogger("stream_consumer")
 
-# Postgres errors worth a retry: the server went away or is restarting, or two writers deadlocked.
-TRANSIENT = (psycopg.OperationalError, psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+RECHECK_REFUSED_SECONDS = 10.0
+PURGE_DEAD_LETTERS_SECONDS = 3600.0
 
 
 def consumer_config(settings: Settings) -> dict:
@@ -32,7 +36,9 @@ def consumer_config(settings: Settings) -> dict:
         # This program owns its offsets (in Postgres): nothing is committed or stored automatically.
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
+        # A stored offset outside the log is an error to report, never a reason to jump silently to
+        # either end of it (that would skip or re-read messages); see _refuse().
+        "auto.offset.reset": "error",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": settings.consumer_session_timeout_ms,
         "heartbeat.interval.ms": max(100, settings.consumer_session_timeout_ms // 5),
@@ -45,14 +51,47 @@ def consumer_config(settings: Settings) -> dict:
     }
 
 
+def reset_command(topic: str, partition: int) -> str:
+    return f"python -m stream_consumer offsets reset --topic {topic} --partition {partition} --to earliest|latest"
+
+
 class StreamConsumer:
+    """One member of the consumer group.
+
+    The states of its data, and what moves between them:
+    - **open batch** (`self.batch`): messages read since the last hand-over, aggregated in memory
+      (`_add`). Nothing is written yet.
+    - **in flight** (`self._in_flight`): `flush()` hands the open batch to the writer thread, which
+      commits it while the next batch fills. `start_offsets` already points past it, on the
+      optimistic assumption that it lands.
+    - **settled**: `_settle()` waits for the batch in flight and takes its outcome: *landed*
+      (counted, with its dead letters), *fenced* (another member or an offsets reset moved the
+      stored offsets: `_rewind()` drops the open batch and seeks every owned partition back to its
+      stored offset), or *not committed* because the consumer is stopping during an outage
+      (rewound too).
+    - **split**: a batch Postgres refuses for its data is split by the writer until the one
+      message at fault is alone and becomes a dead letter (writer.py); the rest lands.
+    - **stalled**: while Postgres fails for a reason no message caused (a revoked privilege, a
+      missing table, a read-only or full database, an outage), the writer retries with backoff and
+      `/healthz` says 503; nothing is dead-lettered.
+    - **refused partitions** (`health.refused`): a partition whose stored offset is outside its log
+      is not read (`_refuse`) until `offsets reset` moves it back inside (`_recheck_refused`).
+    """
+
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self.store = store or Store(settings.consumer_dsn(), settings.kafka_consumer_group)
         self.consumer = Consumer({**consumer_config(settings), "error_cb": self._on_kafka_error})
         self.topics = [settings.kafka_topic, settings.kafka_profiles_topic]
-        # The stored offset each owned partition's next batch must start from (the fence).
-        self.expected: dict[tuple[str, int], int] = {}
+        self.health = Health()
+        self.metrics = ConsumerMetrics()
+        self.metrics.stalled.set_function(lambda: 0 if self.health.healthy else 1)
+        self.metrics.refused_partitions.set_function(lambda: len(self.health.refused))
+        self.metrics.partitions_owned.set_function(lambda: len(self.start_offsets))
+        self.writer = Writer(self.store, self.health, lambda: self.stopping)
+        # Where the next batch of each owned partition starts, which is also the offset the store
+        # must still hold for that batch to commit (the fence).
+        self.start_offsets: dict[PartitionKey, int] = {}
         self.batch = self._new_batch()
         self.batch_started = 0.0
         self.stopping = False
@@ -63,48 +102,74 @@ class StreamConsumer:
         self.commit_seconds = 0.0
         # One writer thread: Postgres commits batch N (releasing the GIL while it waits) while this
         # thread decodes batch N+1. The store's connection is used by one thread at a time.
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        self._inflight: tuple | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._in_flight: tuple[Future, Batch, dict[PartitionKey, int]] | None = None
         self._last_report = time.monotonic()
         self._last_sync = time.monotonic()
+        self._last_recheck = time.monotonic()
+        self._last_purge = 0.0
         self._last_kafka_error = ""
-        # After Postgres refused a batch: partition -> end offset to replay one message at a time.
-        self.careful: dict[tuple[str, int], int] = {}
 
     def _new_batch(self) -> Batch:
         s = self.settings
-        return Batch(s.kafka_topic, s.kafka_profiles_topic, s.consumer_max_event_bytes)
+        return Batch(
+            s.kafka_topic,
+            s.kafka_profiles_topic,
+            s.consumer_max_event_bytes,
+            dt.timedelta(seconds=s.consumer_max_future_skew),
+        )
+
+    def _postgres(self, action):
+        """`action()` on this thread (after `_settle()`), through outages; None if stopped meanwhile."""
+        return self.writer.retrying(action, data_errors_are_systemic=True)
 
     # --- rebalance callbacks (run inside consume()) -------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("assign").inc()
         self._settle()
-        stored = self._with_postgres(lambda: self.store.claim([(tp.topic, tp.partition) for tp in partitions]))
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        ranges = {k: self._log_range(k) for k in keys}
+        starts = {k: r[0] for k, r in ranges.items() if r is not None}
+        stored = self._postgres(lambda: self.store.load_offsets(keys, starts))
         if stored is None:  # shutting down
             return
-        for tp in partitions:
-            tp.offset = stored[(tp.topic, tp.partition)]
-            self.expected[(tp.topic, tp.partition)] = tp.offset
-        consumer.incremental_assign(partitions)
-        log.info("assigned %s", _describe(partitions))
+        readable = []
+        for tp, key in zip(partitions, keys):
+            offset = stored[key]
+            why = self._outside_log(key, offset, ranges[key])
+            if why:
+                self._refuse(key, why)
+                continue
+            tp.offset = offset
+            self.start_offsets[key] = offset
+            readable.append(tp)
+        consumer.incremental_assign(readable)
+        log.info("assigned %s", _describe(readable))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Hand over cleanly: commit what we have (the fence decides if it still may), then let go.
+        self.metrics.rebalances.labels("revoke").inc()
         self.flush()
-        self._forget(partitions)
-        consumer.incremental_unassign(partitions)
+        consumer.incremental_unassign(self._forget(partitions))
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Someone else may already own these: drop the batch instead of racing the new owner.
+        self.metrics.rebalances.labels("lost").inc()
         log.warning("lost %s (session timed out); abandoning the open batch", _describe(partitions))
         self._settle()
-        self._abandon_batch()
-        self._forget(partitions)
-        consumer.incremental_unassign(partitions)
+        self._rewind()
+        consumer.incremental_unassign(self._forget(partitions))
 
-    def _forget(self, partitions: list[TopicPartition]) -> None:
+    def _forget(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """Drops these partitions from what this member reads; returns those it was reading."""
+        reading = []
         for tp in partitions:
-            self.expected.pop((tp.topic, tp.partition), None)
+            key = (tp.topic, tp.partition)
+            self.health.refused.pop(key, None)
+            if self.start_offsets.pop(key, None) is not None:
+                reading.append(tp)
+        return reading
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         # librdkafka reconnects by itself; say so once per distinct error.
@@ -114,27 +179,91 @@ class StreamConsumer:
         if err.fatal():
             raise KafkaException(err)
 
+    # --- offsets outside the log ---------------------------------------------------------------
+    def _log_range(self, key: PartitionKey) -> tuple[int, int] | None:
+        """(low, high) watermarks of a partition: the offsets its log holds now; None if unknown."""
+        try:
+            return self.consumer.get_watermark_offsets(TopicPartition(*key), timeout=10)
+        except KafkaException as exc:
+            log.warning("could not read the range of %s[%d]: %s", *key, exc)
+            return None
+
+    @staticmethod
+    def _outside_log(key: PartitionKey, offset: int, log_range: tuple[int, int] | None) -> str:
+        if log_range is None:
+            return ""  # unknown: the fetch itself reports an offset out of range (auto.offset.reset=error)
+        low, high = log_range
+        if offset < low:
+            return (
+                f"stored offset {offset} is below the log's start {low}: messages {offset}..{low - 1} "
+                "were deleted by retention before they were read"
+            )
+        if offset > high:
+            return (
+                f"stored offset {offset} is past the log's end {high}: the topic was recreated or the "
+                "database restored from elsewhere"
+            )
+        return ""
+
+    def _refuse(self, key: PartitionKey, why: str) -> None:
+        self.health.refused[key] = why
+        log.error(
+            "not reading %s[%d]: %s. Nothing is read from it until its offset is reset: %s "
+            "(it says what is skipped or read again before it acts)",
+            *key,
+            why,
+            reset_command(*key),
+        )
+
+    def _refuse_while_reading(self, key: PartitionKey, why: str) -> None:
+        self.flush()  # what was read before the gap is counted
+        if self.start_offsets.pop(key, None) is not None:
+            self.consumer.incremental_unassign([TopicPartition(*key)])
+        self._refuse(key, why)
+
+    def _recheck_refused(self) -> None:
+        """Starts reading a refused partition once its stored offset is inside the log again."""
+        self._last_recheck = time.monotonic()
+        keys = list(self.health.refused)
+        if not keys:
+            return
+        self._settle()
+        stored = self._postgres(lambda: self.store.load_offsets(keys))
+        if stored is None:
+            return
+        for key in keys:
+            log_range = self._log_range(key)
+            why = self._outside_log(key, stored[key], log_range)
+            if why or log_range is None:
+                self.health.refused[key] = why or self.health.refused[key]
+                continue
+            del self.health.refused[key]
+            self.start_offsets[key] = stored[key]
+            self.consumer.incremental_assign([TopicPartition(key[0], key[1], stored[key])])
+            log.info("%s[%d]: stored offset %d is inside the log again; reading it", *key, stored[key])
+
     # --- the loop ------------------------------------------------------------------------------
     def run(self, until=None) -> None:
         """Consumes until SIGTERM/SIGINT, or until `until()` (checked every second) is true."""
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        s = self.settings
+        server = MetricsServer(self.metrics, lambda: (self.health.healthy, self.health.describe()))
+        port = server.start(
+            s.metrics_host, range(s.consumer_metrics_port, s.consumer_metrics_port + s.consumer_replicas)
+        )
+        if port:
+            log.info("metrics on http://%s:%d/metrics, health on /healthz", s.metrics_host, port)
         self.consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        max_events = self.settings.consumer_batch_max_events
-        max_wait = self.settings.consumer_batch_max_ms / 1000
-        log.info("consuming %s as group %s", ", ".join(self.topics), self.settings.kafka_consumer_group)
+        max_events = s.consumer_batch_max_events
+        max_wait = s.consumer_batch_max_ms / 1000
+        log.info("consuming %s as group %s", ", ".join(self.topics), s.kafka_consumer_group)
         last_until = 0.0
         try:
             while not self.stopping:
-                if len(self.batch):
-                    wait = max(0.0, self.batch_started + max_wait - time.monotonic())
-                else:
-                    wait = 0.5
-                if self.careful:
-                    self._replay_carefully(self.consumer.consume(num_messages=100, timeout=0.5))
-                    continue
+                wait = max(0.0, self.batch_started + max_wait - time.monotonic()) if len(self.batch) else 0.5
                 msgs = self.consumer.consume(num_messages=min(10_000, max_events - len(self.batch)), timeout=wait)
                 if msgs:
                     self._add(msgs)
@@ -142,11 +271,9 @@ class StreamConsumer:
                     len(self.batch) >= max_events or time.monotonic() - self.batch_started >= max_wait
                 ):
                     self.flush(wait=False)
-                elif self._inflight is not None and self._inflight[0].done():
+                elif self._in_flight is not None and self._in_flight[0].done():
                     self._settle()
-                self._report()
-                if not len(self.batch) and self._inflight is None and time.monotonic() - self._last_sync >= 2:
-                    self._resync_if_moved()
+                self._housekeeping()
                 if until is not None and time.monotonic() - last_until >= 1:
                     last_until = time.monotonic()
                     self.stopping = self.stopping or until()
@@ -155,8 +282,9 @@ class StreamConsumer:
         finally:
             self._settle()
             self.consumer.close()
-            self._writer.shutdown()
+            self._executor.shutdown()
             self.store.close()
+            server.stop()
             log.info(
                 "stopped: %d events in %d batches committed (%.1f s in commits), %d dead letters, %d fenced batches",
                 self.committed_events,
@@ -165,6 +293,18 @@ class StreamConsumer:
                 self.dead_letters,
                 self.fenced,
             )
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        self._report(now)
+        if not len(self.batch) and self._in_flight is None and now - self._last_sync >= 2:
+            self._resync_if_moved()
+        if self.health.refused and now - self._last_recheck >= RECHECK_REFUSED_SECONDS:
+            self._recheck_refused()
+        if self.settings.dead_letter_retention_days and now - self._last_purge >= PURGE_DEAD_LETTERS_SECONDS:
+            self._last_purge = now
+            # On the writer thread, behind any commit; with a connection of its own.
+            self._executor.submit(self._purge_dead_letters)
 
     def _stop(self, signum, _frame) -> None:
         log.info("signal %d: finishing the open batch and leaving the group", signum)
@@ -178,10 +318,17 @@ class StreamConsumer:
                 err = m.error()
                 if err is None:
                     good.append(m)
+                elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    key = (m.topic(), m.partition())
+                    self._refuse_while_reading(
+                        key,
+                        f"the next offset to read, {self.start_offsets.get(key)}, is no longer in the log "
+                        f"({err.str()}): retention deleted messages before they were read, or the topic was recreated",
+                    )
                 elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka: %s", err.str())
-        # Messages fetched before a fence or a revoke are not ours to count.
-        good = [m for m in good if (m.topic(), m.partition()) in self.expected]
+        # Messages fetched before a fence, a refusal or a revoke are not ours to count.
+        good = [m for m in good if (m.topic(), m.partition()) in self.start_offsets]
         if good:
             if not len(self.batch):
                 self.batch_started = time.monotonic()
@@ -197,61 +344,43 @@ class StreamConsumer:
             return False
         batch = self.batch
         if len(batch):
-            high = {}
-            for topic, partition in batch.next_offsets:
+            end_offsets = {}
+            for key in batch.next_offsets:
                 try:
-                    high[(topic, partition)] = self.consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), cached=True
-                    )[1]
+                    end_offsets[key] = self.consumer.get_watermark_offsets(TopicPartition(*key), cached=True)[1]
                 except KafkaException:
                     pass
-            expected = {k: self.expected[k] for k in batch.next_offsets}
-            self._inflight = (self._writer.submit(self._commit, batch, expected, high), batch, expected)
-            self.expected.update(batch.next_offsets)
+            start = {k: self.start_offsets[k] for k in batch.next_offsets}
+            self._in_flight = (self._executor.submit(self._commit, batch, start, end_offsets), batch, start)
+            self.start_offsets.update(batch.next_offsets)
             self.batch = self._new_batch()
         return self._settle() if wait else True
 
-    def _commit(self, batch: Batch, expected: dict, high: dict):
-        """Runs on the writer thread: the batch's one transaction, retried through outages."""
+    def _commit(self, batch: Batch, start: dict, end_offsets: dict) -> tuple[Landed | None, float]:
+        """Runs on the writer thread: the batch's transaction(s), through outages and splits."""
         started = time.perf_counter()
-        done = self._with_postgres(lambda: self.store.commit(batch, expected, high))
-        return done, time.perf_counter() - started
+        landed = self.writer.commit(batch, start, end_offsets)
+        return landed, time.perf_counter() - started
 
     def _settle(self) -> bool:
-        """Waits for the batch in flight. On failure rewinds to the stored offsets, dropping the
-        batch built on top of it; a batch Postgres refused switches to one-message replay."""
-        if self._inflight is None:
+        """Waits for the batch in flight; on any outcome but landed, rewinds to the stored offsets,
+        dropping the batch built on top of it."""
+        if self._in_flight is None:
             return True
-        future, batch, expected = self._inflight
-        self._inflight = None
+        future, batch, start = self._in_flight
+        self._in_flight = None
         try:
-            done, seconds = future.result()
+            landed, seconds = future.result()
         except Fenced as exc:
             self.fenced += 1
+            self.metrics.fenced.inc()
             log.warning("batch of %d messages fenced off: %s; resuming from stored offsets", len(batch), exc)
-            self._abandon_batch()
+            self._rewind()
             return False
-        except psycopg.Error as exc:
-            self.expected.update(expected)
-            if self.careful or len(batch) == 1:
-                raise
-            # A message Postgres refuses (a poisoned message) must not stall the partition: replay
-            # this batch's range one message per transaction and dead-letter the one that fails.
-            log.error(
-                "postgres refused a batch of %d messages (%s); replaying it one by one",
-                len(batch),
-                str(exc).strip().splitlines()[0],
-            )
-            self.careful = dict(batch.next_offsets)
-            self._abandon_batch()
+        if landed is None:  # stopping while Postgres was failing: the batch is simply not committed
+            self._rewind()
             return False
-        if done is None:  # stopping while Postgres was unreachable: the batch is simply not committed
-            self._abandon_batch()
-            return False
-        self.commit_seconds += seconds
-        self.committed_events += batch.events
-        self.committed_batches += 1
-        self.dead_letters += len(batch.dead_letters)
+        self._count(landed, seconds)
         # For lag monitoring only (kafka-consumer-groups, dashboards); Postgres is the truth.
         try:
             self.consumer.commit(
@@ -261,45 +390,48 @@ class StreamConsumer:
             pass
         return True
 
+    def _count(self, landed: Landed, seconds: float) -> None:
+        self.commit_seconds += seconds
+        self.committed_events += landed.events
+        self.committed_batches += 1
+        self.dead_letters += len(landed.dead_letters)
+        m = self.metrics
+        m.events.inc(landed.events)
+        m.messages.inc(landed.messages)
+        for d in landed.dead_letters:
+            m.dead_letters.labels(d.reason).inc()
+        m.batch_messages.observe(landed.messages)
+        m.commit_seconds.observe(seconds)
+        if landed.splits:
+            m.split.inc()
+        m.last_commit.set_to_current_time()
+
     def _resync_if_moved(self) -> None:
         """While idle, notices stored offsets that moved under us (a rebuild reset them) and follows."""
         self._last_sync = time.monotonic()
-        owned = list(self.expected)
+        owned = list(self.start_offsets)
         if not owned:
             return
-        stored = self._with_postgres(lambda: self.store.claim(owned))
-        if stored and any(stored[k] != self.expected[k] for k in owned):
-            log.warning("stored offsets moved while idle (a rebuild?); resuming from them")
-            self._abandon_batch()
+        stored = self._postgres(lambda: self.store.load_offsets(owned))
+        if stored and any(stored[k] != self.start_offsets[k] for k in owned):
+            log.warning("stored offsets moved while idle (a rebuild or an offsets reset?); resuming from them")
+            self._rewind()
 
-    def _replay_carefully(self, msgs) -> None:
+    def _rewind(self) -> None:
+        """Drops the open batch and seeks every owned partition back to its stored offset."""
         self.batch = self._new_batch()
-        for msg in msgs:
-            self._add([msg])
-            if not len(self.batch):
-                continue
-            try:
-                self.flush()
-            except psycopg.Error as exc:
-                reason = f"refused by Postgres: {str(exc).strip().splitlines()[0]}"
-                self.batch = self._new_batch()
-                self.batch.add_dead_letter(msg, reason)
-                self.flush()
-        if all(self.expected.get(k, end) >= end for k, end in self.careful.items()):
-            log.info("replay done; back to full batches")
-            self.careful = {}
-
-    def _abandon_batch(self) -> None:
-        """Drops the open batch and rewinds every owned partition to its stored offset."""
-        self.batch = self._new_batch()
-        owned = list(self.expected)
+        owned = list(self.start_offsets)
         if not owned:
             return
-        stored = self._with_postgres(lambda: self.store.claim(owned))
+        stored = self._postgres(lambda: self.store.load_offsets(owned))
         if stored is None:
             return
         for key, offset in stored.items():
-            self.expected[key] = offset
+            why = self._outside_log(key, offset, self._log_range(key))
+            if why:  # an offsets reset to a place outside the log, or the topic changed meanwhile
+                self._refuse_while_reading(key, why)
+                continue
+            self.start_offsets[key] = offset
             try:
                 self.consumer.seek(TopicPartition(key[0], key[1], offset))
             except KafkaException as exc:
@@ -308,31 +440,33 @@ class StreamConsumer:
                 self.consumer.incremental_unassign([TopicPartition(*key)])
                 self.consumer.incremental_assign([TopicPartition(key[0], key[1], offset)])
 
-    def _with_postgres(self, action):
-        """Runs `action`, retrying through Postgres outages with backoff; None if stopped meanwhile."""
-        delay = 0.2
-        while True:
-            try:
-                return action()
-            except TRANSIENT as exc:
-                if self.stopping and delay > 1:
-                    return None
-                log.warning("postgres unavailable (%s); retrying in %.1f s", str(exc).strip().splitlines()[0], delay)
-                self.store.close()
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    def _purge_dead_letters(self) -> None:
+        """DEAD_LETTER_RETENTION_DAYS: deletes older dead letters, a bounded chunk per transaction."""
+        from stream_consumer.dead_letters import purge
 
-    def _report(self) -> None:
-        now = time.monotonic()
+        try:
+            deleted = purge(self.settings.consumer_dsn(), self.settings.dead_letter_retention_days)
+        except psycopg.Error as exc:
+            log.warning("dead-letter retention: %s; trying again in an hour", first_line(exc))
+            return
+        if deleted:
+            log.info(
+                "dead-letter retention: deleted %d dead letters older than %d days",
+                deleted,
+                self.settings.dead_letter_retention_days,
+            )
+
+    def _report(self, now: float) -> None:
         if now - self._last_report >= 10:
             self._last_report = now
             log.info(
-                "committed %d events in %d batches, %d dead letters, %d fenced, %d partitions owned",
+                "committed %d events in %d batches, %d dead letters, %d fenced, %d partitions owned; %s",
                 self.committed_events,
                 self.committed_batches,
                 self.dead_letters,
                 self.fenced,
-                len(self.expected),
+                len(self.start_offsets),
+                self.health.describe(),
             )
 
 

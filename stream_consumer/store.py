@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 class Fenced(Exception):
     """Stored offsets moved since this consumer read them: another member owns the partition now
-    (or a rebuild reset it). The batch was rolled back; resume from the stored offsets."""
+    (or a rebuild or an offsets reset moved them). The batch was rolled back; resume from the
+    stored offsets."""
 
 
 # The fence: each partition's row moves only from the offset this batch started at. A member that
@@ -22,11 +23,11 @@ class Fenced(Exception):
 ADVANCE_OFFSETS = """
 UPDATE streaming.consumer_offsets AS o
 SET next_offset = v.next_offset, high_watermark = v.high_watermark, updated_at = clock_timestamp()
-FROM unnest(%(topics)s::text[], %(partitions)s::int[], %(expected)s::bigint[],
-            %(next)s::bigint[], %(high)s::bigint[])
-     AS v(topic, "partition", expected, next_offset, high_watermark)
+FROM unnest(%(topics)s::text[], %(partitions)s::int[], %(start)s::bigint[],
+            %(next)s::bigint[], %(end)s::bigint[])
+     AS v(topic, "partition", start_offset, next_offset, high_watermark)
 WHERE o.consumer_group = %(group)s AND o.topic = v.topic AND o."partition" = v."partition"
-  AND o.next_offset = v.expected
+  AND o.next_offset = v.start_offset
 """
 
 UPSERT_USER_EVENTS = """
@@ -38,9 +39,10 @@ ON CONFLICT (user_id, event_type) DO UPDATE SET
     updated_at = greatest(t.updated_at, excluded.updated_at)
 """
 
+# Revenue travels in cents as numeric: a batch's sum of cents is not bounded by bigint.
 UPSERT_MINUTES = """
 INSERT INTO streaming.event_minutes AS t (minute, event_type, event_count, revenue)
-SELECT m, e, c, r::numeric / 100 FROM unnest(%s::timestamptz[], %s::text[], %s::bigint[], %s::bigint[]) AS v(m, e, c, r)
+SELECT m, e, c, r / 100 FROM unnest(%s::timestamptz[], %s::text[], %s::bigint[], %s::numeric[]) AS v(m, e, c, r)
 ON CONFLICT (minute, event_type) DO UPDATE SET
     event_count = t.event_count + excluded.event_count,
     revenue = t.revenue + excluded.revenue
@@ -49,11 +51,10 @@ ON CONFLICT (minute, event_type) DO UPDATE SET
 UPSERT_SESSIONS = """
 INSERT INTO streaming.sessions AS t
     (session_id, user_id, first_event_at, last_event_at, event_count, purchase_count, revenue)
-SELECT s, u, f, l, c, p, r::numeric / 100
-FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[], %s::bigint[])
+SELECT s, u, f, l, c, p, r / 100
+FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[], %s::numeric[])
      AS v(s, u, f, l, c, p, r)
-ON CONFLICT (session_id) DO UPDATE SET
-    user_id = least(t.user_id, excluded.user_id),
+ON CONFLICT (session_id, user_id) DO UPDATE SET
     first_event_at = least(t.first_event_at, excluded.first_event_at),
     last_event_at = greatest(t.last_event_at, excluded.last_event_at),
     event_count = t.event_count + excluded.event_count,
@@ -70,9 +71,17 @@ ON CONFLICT (user_id) DO UPDATE SET
 WHERE t.updated_at <= excluded.updated_at
 """
 
+# A message can be filed twice only if its offsets were rewound by hand (`offsets reset`) or its
+# topic was recreated: the newer filing replaces the older, and nothing is lost or doubled.
 INSERT_DEAD_LETTERS = """
-INSERT INTO streaming.dead_letter_events (topic, "partition", "offset", message_key, raw_value, error)
-SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %s::text[])
+INSERT INTO streaming.dead_letter_events
+    (topic, "partition", "offset", message_key, raw_value, reason, error, kafka_timestamp, raw_value_exact)
+SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
+                     %s::timestamptz[], %s::boolean[])
+ON CONFLICT (topic, "partition", "offset") DO UPDATE SET
+    message_key = excluded.message_key, raw_value = excluded.raw_value, reason = excluded.reason,
+    error = excluded.error, kafka_timestamp = excluded.kafka_timestamp,
+    raw_value_exact = excluded.raw_value_exact, received_at = clock_timestamp()
 """
 
 AGGREGATE_TABLES = ("user_events", "event_minutes", "sessions", "users", "dead_letter_events")
@@ -94,28 +103,39 @@ class Store:
             self.conn.close()
             self.conn = None
 
-    def claim(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """The stored next offset of each partition (0 for a partition never seen)."""
+    def load_offsets(
+        self, partitions: list[TopicPartition], new_start: dict[TopicPartition, int] | None = None
+    ) -> dict[TopicPartition, int]:
+        """The stored next offset of each partition. A partition this group never read gets a row
+        starting at `new_start` (the start of its log; 0 if not given)."""
+        new_start = new_start or {}
         conn = self.connection()
         with conn.transaction():
-            topics = [t for t, _ in partitions]
-            parts = [p for _, p in partitions]
             conn.execute(
                 """INSERT INTO streaming.consumer_offsets (consumer_group, topic, "partition", next_offset)
-                   SELECT %s, t, p, 0 FROM unnest(%s::text[], %s::int[]) AS v(t, p)
+                   SELECT %s, t, p, o FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS v(t, p, o)
                    ON CONFLICT DO NOTHING""",
-                (self.group, topics, parts),
+                (
+                    self.group,
+                    [t for t, _ in partitions],
+                    [p for _, p in partitions],
+                    [new_start.get(k, 0) for k in partitions],
+                ),
             )
             rows = conn.execute(
                 """SELECT topic, "partition", next_offset FROM streaming.consumer_offsets o
                    JOIN unnest(%s::text[], %s::int[]) AS v(t, p) ON o.topic = v.t AND o."partition" = v.p
                    WHERE consumer_group = %s""",
-                (topics, parts, self.group),
+                ([t for t, _ in partitions], [p for _, p in partitions], self.group),
             ).fetchall()
         return {(t, p): off for t, p, off in rows}
 
-    def commit(self, batch: Batch, expected: dict[TopicPartition, int], high: dict[TopicPartition, int]) -> bool:
-        """Writes the batch and advances its partitions' offsets in one transaction, or raises Fenced."""
+    def commit(
+        self, batch: Batch, start_offsets: dict[TopicPartition, int], end_offsets: dict[TopicPartition, int]
+    ) -> bool:
+        """Writes the batch and advances its partitions' offsets from `start_offsets` to the batch's
+        next offsets, in one transaction, or raises Fenced. `end_offsets` (the partitions' high
+        watermarks as last seen) are stored beside them for lag."""
         conn = self.connection()
         keys = list(batch.next_offsets)
         with conn.transaction(), conn.cursor() as cur:
@@ -125,61 +145,41 @@ class Store:
                     "group": self.group,
                     "topics": [t for t, _ in keys],
                     "partitions": [p for _, p in keys],
-                    "expected": [expected[k] for k in keys],
+                    "start": [start_offsets[k] for k in keys],
                     "next": [batch.next_offsets[k] for k in keys],
-                    "high": [high.get(k) for k in keys],
+                    "end": [end_offsets.get(k) for k in keys],
                 },
             )
             if cur.rowcount != len(keys):
                 raise Fenced(f"{len(keys) - cur.rowcount} of {len(keys)} partitions moved on since this batch began")
-            if batch.user_events:
-                (u, e), rows = zip(*batch.user_events), batch.user_events.values()
-                cur.execute(UPSERT_USER_EVENTS, (list(u), list(e), *map(list, zip(*rows))))
-            if batch.minutes:
-                cur.execute(UPSERT_MINUTES, tuple(map(list, zip(*batch.minute_rows()))))
-            if batch.sessions:
-                cur.execute(UPSERT_SESSIONS, (list(batch.sessions), *map(list, zip(*batch.sessions.values()))))
-            if batch.users:
-                ps = batch.users.values()
-                cur.execute(
-                    UPSERT_USERS,
-                    (
-                        [p.user_id for p in ps],
-                        [p.name for p in ps],
-                        [p.email for p in ps],
-                        [p.country for p in ps],
-                        [p.signup_date for p in ps],
-                        [p.plan for p in ps],
-                        [p.updated_at for p in ps],
-                    ),
-                )
-            if batch.dead_letters:
-                d = batch.dead_letters
-                cur.execute(
-                    INSERT_DEAD_LETTERS,
-                    (
-                        [x.topic for x in d],
-                        [x.partition for x in d],
-                        [x.offset for x in d],
-                        [x.key for x in d],
-                        [x.raw_value for x in d],
-                        [x.error for x in d],
-                    ),
-                )
+            write_aggregates(cur, batch)
         return True
 
-    def reset(self) -> None:
-        """Empties every aggregate and rewinds this group's offsets to 0, in one transaction.
+    def reset(self, start_offsets: dict[TopicPartition, int]) -> None:
+        """Empties every aggregate and moves this group's offsets to `start_offsets` (the start of
+        each partition's log), in one transaction.
 
-        Running members then fail the fence on their next batch and resume from offset 0."""
+        Running members then fail the fence on their next batch and resume from there."""
         conn = self.connection()
         with conn.transaction():
             conn.execute("TRUNCATE " + ", ".join(f"streaming.{t}" for t in AGGREGATE_TABLES))
-            conn.execute(
-                "UPDATE streaming.consumer_offsets SET next_offset = 0, high_watermark = NULL, "
-                "updated_at = clock_timestamp() WHERE consumer_group = %s",
-                (self.group,),
-            )
+            conn.execute("DELETE FROM streaming.consumer_offsets WHERE consumer_group = %s", (self.group,))
+            self._insert_offsets(conn, start_offsets)
+
+    def set_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+        """Moves these partitions' stored offsets (`offsets reset`), aggregates untouched."""
+        conn = self.connection()
+        with conn.transaction():
+            self._insert_offsets(conn, offsets)
+
+    def _insert_offsets(self, conn: psycopg.Connection, offsets: dict[TopicPartition, int]) -> None:
+        conn.execute(
+            """INSERT INTO streaming.consumer_offsets (consumer_group, topic, "partition", next_offset)
+               SELECT %s, t, p, o FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS v(t, p, o)
+               ON CONFLICT (consumer_group, topic, "partition") DO UPDATE
+               SET next_offset = excluded.next_offset, high_watermark = NULL, updated_at = clock_timestamp()""",
+            (self.group, [t for t, _ in offsets], [p for _, p in offsets], list(offsets.values())),
+        )
 
     def stored_offsets(self) -> dict[TopicPartition, int]:
         conn = self.connection()
@@ -189,3 +189,65 @@ class Store:
                 (self.group,),
             ).fetchall()
         return {(t, p): off for t, p, off in rows}
+
+
+def write_aggregates(cur: psycopg.Cursor, batch: Batch) -> None:
+    """Adds the batch's aggregates, profiles and dead letters (the offsets are the caller's: Store.commit)."""
+    if batch.user_events:
+        rows = batch.user_events.values()
+        cur.execute(
+            UPSERT_USER_EVENTS,
+            (
+                [u for u, _ in batch.user_events],
+                [e for _, e in batch.user_events],
+                [r.events for r in rows],
+                [r.first_at for r in rows],
+                [r.last_at for r in rows],
+            ),
+        )
+    if batch.minutes:
+        cur.execute(UPSERT_MINUTES, tuple(map(list, zip(*batch.minute_rows()))))
+    if batch.sessions:
+        rows = batch.sessions.values()
+        cur.execute(
+            UPSERT_SESSIONS,
+            (
+                [s for s, _ in batch.sessions],
+                [u for _, u in batch.sessions],
+                [r.first_at for r in rows],
+                [r.last_at for r in rows],
+                [r.events for r in rows],
+                [r.purchases for r in rows],
+                [r.revenue_cents for r in rows],
+            ),
+        )
+    if batch.users:
+        ps = batch.users.values()
+        cur.execute(
+            UPSERT_USERS,
+            (
+                [p.user_id for p in ps],
+                [p.name for p in ps],
+                [p.email for p in ps],
+                [p.country for p in ps],
+                [p.signup_date for p in ps],
+                [p.plan for p in ps],
+                [p.updated_at for p in ps],
+            ),
+        )
+    if batch.dead_letters:
+        d = batch.dead_letters
+        cur.execute(
+            INSERT_DEAD_LETTERS,
+            (
+                [x.topic for x in d],
+                [x.partition for x in d],
+                [x.offset for x in d],
+                [x.key for x in d],
+                [x.raw_value for x in d],
+                [str(x.reason) for x in d],
+                [x.error for x in d],
+                [x.kafka_timestamp for x in d],
+                [x.raw_value_exact for x in d],
+            ),
+        )

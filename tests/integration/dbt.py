@@ -91,6 +91,9 @@ class Message:
     def value(self):
         return self._value
 
+    def timestamp(self):
+        return (0, -1)  # no broker stamp: the batch's clock bounds the event times
+
     def error(self):
         return None
 
@@ -145,8 +148,8 @@ class Streaming:
     def write(self, new_events: list[Event], profiles: list[Profile] = ()) -> None:
         """One consumer transaction; call inside `store.connection().transaction()` to hold it open."""
         batch = self.batch(new_events, profiles)
-        expected = self.store.claim(list(batch.next_offsets))
-        self.store.commit(batch, expected, {})
+        start = self.store.load_offsets(list(batch.next_offsets))
+        self.store.commit(batch, start, {})
         self.events += new_events
         for p in profiles:
             current = self.profiles.get(p.user_id)
@@ -243,14 +246,13 @@ def expected_event_timeline(evs: list[Event]) -> dict[dt.datetime, tuple]:
     return {m: (*r[:5], cents(r[5])) for m, r in rows.items()}
 
 
-def session_facts(evs: list[Event]) -> dict[uuid.UUID, dict]:
-    out: dict[uuid.UUID, dict] = {}
+def session_facts(evs: list[Event]) -> dict[tuple[uuid.UUID, int], dict]:
+    out: dict[tuple[uuid.UUID, int], dict] = {}
     for e in evs:
         s = out.setdefault(
-            e.session_id,
+            (e.session_id, e.user_id),
             {"user": e.user_id, "first": e.occurred_at, "last": e.occurred_at, "n": 0, "p": 0, "r": Decimal(0)},
         )
-        s["user"] = min(s["user"], e.user_id)
         s["first"], s["last"] = min(s["first"], e.occurred_at), max(s["last"], e.occurred_at)
         s["n"] += 1
         s["p"] += e.event_type == "purchase"
@@ -262,10 +264,10 @@ def duration(s: dict) -> Decimal:
     return rounded(Decimal(str((s["last"] - s["first"]).total_seconds())), 3)
 
 
-def expected_sessions(evs: list[Event]) -> dict[uuid.UUID, tuple]:
+def expected_sessions(evs: list[Event]) -> dict[tuple[uuid.UUID, int], tuple]:
     return {
-        sid: (s["user"], s["first"], s["last"], duration(s), s["n"], s["p"], cents(s["r"]), s["p"] > 0)
-        for sid, s in session_facts(evs).items()
+        key: (s["first"], s["last"], duration(s), s["n"], s["p"], cents(s["r"]), s["p"] > 0)
+        for key, s in session_facts(evs).items()
     }
 
 
@@ -314,12 +316,18 @@ MART_QUERIES = {
 }
 
 
+KEY_COLUMNS = {"sessions": 2}  # a session is the session id and the user's
+
+
 def marts(dsn: str) -> dict[str, dict]:
     """Every mart as {key: the other columns}."""
     out = {}
     with psycopg.connect(dsn) as conn:
         for name, sql in MART_QUERIES.items():
-            out[name] = {row[0]: tuple(row[1:]) for row in conn.execute(sql)}
+            width = KEY_COLUMNS.get(name, 1)
+            out[name] = {
+                (row[0] if width == 1 else tuple(row[:width])): tuple(row[width:]) for row in conn.execute(sql)
+            }
     return out
 
 

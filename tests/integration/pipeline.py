@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 
 from kafka_producer.events import EventGenerator
 from kafka_producer.topics import ensure_topics
-from native.ephemeral import ARTIFACTS, ROOT, EphemeralStack
+from native.ephemeral import ARTIFACTS, ROOT, EphemeralStack, free_port
 
 PARTITIONS = 6
 AGGREGATES = (
@@ -71,6 +71,19 @@ class Sent:
     dead_letters: set = field(default_factory=set)  # (partition, offset) of malformed messages
     messages: int = 0
     profiles: int = 0
+    # (partition, offset) -> (user_id, event_type, cents) of every valid event: what a test that
+    # loses or re-reads a range of a partition on purpose expects instead (`without`)
+    at: dict = field(default_factory=dict)
+
+    def without(self, lost) -> Sent:
+        """What the tables must show if the events at the (partition, offset)s `lost(p, o)` picks are not counted."""
+        kept = Sent(dead_letters={k for k in self.dead_letters if not lost(*k)})
+        for (p, o), (user, etype, cents) in self.at.items():
+            if not lost(p, o):
+                kept.counts[(user, etype)] += 1
+                kept.revenue_cents += cents
+                kept.events += 1
+        return kept
 
 
 class Pipeline:
@@ -85,6 +98,9 @@ class Pipeline:
             "KAFKA_CONSUMER_GROUP": f"g_{suffix}",
             "KAFKA_PARTITIONS": str(PARTITIONS),
             "CONSUMER_BATCH_MAX_MS": "100",
+            # Each consumer of the test serves /metrics and /healthz on its own port from here.
+            "CONSUMER_METRICS_PORT": str(free_port()),
+            "CONSUMER_REPLICAS": "8",
         }
         self.topic, self.profiles_topic = self.env["KAFKA_TOPIC"], self.env["KAFKA_PROFILES_TOPIC"]
         self.group = self.env["KAFKA_CONSUMER_GROUP"]
@@ -135,8 +151,10 @@ class Pipeline:
         seed: int = 1,
         users: int = 100,
         profiles: bool = True,
+        partitions: list[int] | None = None,
     ) -> Sent:
-        """Sends `events` messages (a share of them malformed) and waits until all are delivered."""
+        """Sends `events` messages (a share of them malformed) and waits until all are delivered;
+        to `partitions` only if given (else by key, as any producer)."""
         rng = random.Random(seed)
         gen = EventGenerator(users, seed)
         sent = self.sent
@@ -150,11 +168,13 @@ class Pipeline:
             }
         )
 
-        def delivered(err, msg, bad: bool) -> None:
+        def delivered(err, msg, good: tuple | None) -> None:
             if err is not None:
                 failures.append(str(err))
-            elif bad:
+            elif good is None:
                 sent.dead_letters.add((msg.partition(), msg.offset()))
+            else:
+                sent.at[(msg.partition(), msg.offset())] = good
 
         if profiles:
             for key, value in gen.profiles(dt.datetime.now(dt.UTC)):
@@ -168,18 +188,22 @@ class Pipeline:
                     producer.poll(0)
                     time.sleep(ahead)
             key, value = gen.event(time.time())
-            bad = rng.random() < malformed_share
-            if bad:
+            good = None
+            if rng.random() < malformed_share:
                 key, value, _ = malformed(rng, value)
             else:
                 event = json.loads(value)
-                sent.counts[(event["user_id"], event["event_type"])] += 1
+                cents = 0 if event["amount"] is None else round(event["amount"] * 100)
+                good = (event["user_id"], event["event_type"], cents)
+                sent.counts[good[:2]] += 1
                 sent.events += 1
-                if event["amount"] is not None:
-                    sent.revenue_cents += round(event["amount"] * 100)
+                sent.revenue_cents += cents
+            where = {} if partitions is None else {"partition": rng.choice(partitions)}
             while True:
                 try:
-                    producer.produce(self.topic, value, key, on_delivery=lambda e, m, b=bad: delivered(e, m, b))
+                    producer.produce(
+                        self.topic, value, key, on_delivery=lambda e, m, g=good: delivered(e, m, g), **where
+                    )
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -188,6 +212,44 @@ class Pipeline:
         assert producer.flush(60) == 0, "messages left undelivered"
         assert not failures, failures[:3]
         return sent
+
+    def produce_raw(self, messages: list[tuple[bytes | None, bytes | None, bool]], partition: int = 0) -> None:
+        """Sends hand-made (key, value, counted) messages to one partition, in order; `counted`
+        says whether the contract accepts it (it is counted) or not (a dead letter)."""
+        sent = self.sent
+        producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True})
+        offsets: list = []
+        for key, value, _ in messages:
+            producer.produce(
+                self.topic, value, key, partition=partition, on_delivery=lambda e, m: offsets.append((e, m))
+            )
+            sent.messages += 1
+        assert producer.flush(30) == 0
+        assert all(err is None for err, _ in offsets), offsets
+        for (_, msg), (_, value, counted) in zip(offsets, messages):
+            if not counted:
+                sent.dead_letters.add((msg.partition(), msg.offset()))
+                continue
+            event = json.loads(value)
+            cents = 0 if event.get("amount") is None else round(event["amount"] * 100)
+            sent.at[(msg.partition(), msg.offset())] = (event["user_id"], event["event_type"], cents)
+            sent.counts[(event["user_id"], event["event_type"])] += 1
+            sent.events += 1
+            sent.revenue_cents += cents
+
+    def health(self, consumer: int = 0) -> tuple[int, str]:
+        """GET /healthz of a consumer (its port is in its log): (status, body)."""
+        import re
+        import urllib.error
+        import urllib.request
+
+        log = (self.logs / f"consumer_{consumer}.log").read_text()
+        port = re.search(r"metrics on http://[\d.]+:(\d+)/metrics", log).group(1)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def produce_in_background(self, **kwargs) -> threading.Thread:
         thread = threading.Thread(target=self.produce, kwargs=kwargs, daemon=True)
@@ -248,9 +310,10 @@ class Pipeline:
             )
         ]
 
-    def assert_exactly_once(self) -> None:
-        """Every aggregate shows each delivered event exactly once, and each malformed message once."""
-        sent = self.sent
+    def assert_exactly_once(self, sent: Sent | None = None) -> None:
+        """Every aggregate shows each delivered event exactly once, and each malformed message once
+        (or what `sent` says instead)."""
+        sent = sent or self.sent
         counts = self.counts()
         assert counts == sent.counts, (
             f"user_events counts {sum(counts.values()):,} events for {sent.events:,} delivered; "

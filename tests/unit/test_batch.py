@@ -4,14 +4,22 @@ import datetime as dt
 import json
 import uuid
 
-from stream_consumer.batch import Batch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.contract import Reason
+from stream_consumer.batch import Batch, SessionRow, UserEventRow
+from tests.strategies import hostile_events
+
+APPENDED = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 
 
 class Msg:
     """A Kafka message as the consumer sees it (the accessors of confluent_kafka.Message)."""
 
-    def __init__(self, value, key=None, topic="user_events", partition=0, offset=0):
+    def __init__(self, value, key=None, topic="user_events", partition=0, offset=0, appended=APPENDED):
         self._v, self._k, self._t, self._p, self._o = value, key, topic, partition, offset
+        self._ts = (2, int(appended.timestamp() * 1000))  # LogAppendTime: the broker's stamp
 
     def value(self):
         return self._v
@@ -27,6 +35,9 @@ class Msg:
 
     def offset(self):
         return self._o
+
+    def timestamp(self):
+        return self._ts
 
 
 S1, S2 = "0c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90", "1c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90"
@@ -62,8 +73,8 @@ def test_counts_per_user_and_type_with_first_and_last_occurrence():
         event(at="2026-11-22T10:05:00Z"),
         event(event_type="click"),
     )
-    assert b.user_events[(1, "view")] == [3, ts("2026-11-22T09:59:00Z"), ts("2026-11-22T10:05:00Z")]
-    assert b.user_events[(1, "click")][0] == 1
+    assert b.user_events[(1, "view")] == UserEventRow(3, ts("2026-11-22T09:59:00Z"), ts("2026-11-22T10:05:00Z"))
+    assert b.user_events[(1, "click")].events == 1
 
 
 def test_minutes_bucket_by_occurred_at_and_sum_revenue_in_cents():
@@ -89,9 +100,14 @@ def test_sessions_collect_span_events_purchases_and_revenue():
         event(event_type="purchase", amount=5, at="2026-11-22T10:03:00Z"),
         event(session=S2),
     )
-    row = b.sessions[uuid.UUID(S1)]
-    assert row == [1, ts("2026-11-22T10:00:00Z"), ts("2026-11-22T10:03:00Z"), 2, 1, 500]
-    assert b.sessions[uuid.UUID(S2)][3] == 1
+    row = b.sessions[(uuid.UUID(S1), 1)]
+    assert row == SessionRow(ts("2026-11-22T10:00:00Z"), ts("2026-11-22T10:03:00Z"), 2, 1, 500)
+    assert b.sessions[(uuid.UUID(S2), 1)].events == 1
+
+
+def test_a_session_id_shared_by_two_users_is_a_session_of_each():
+    b = batch_of(event(user_id=1), event(user_id=2, offset=1), event(user_id=1, offset=2))
+    assert {k: r.events for k, r in b.sessions.items()} == {(uuid.UUID(S1), 1): 2, (uuid.UUID(S1), 2): 1}
 
 
 def test_next_offsets_are_one_past_the_last_message_per_partition():
@@ -139,3 +155,97 @@ def test_profiles_keep_the_newest_version_whatever_the_arrival_order():
     b = batch_of(profile(3, "new", "2026-02-01T00:00:00Z"), profile(3, "old", "2026-01-01T00:00:00Z", offset=1))
     assert b.users[3].name == "new"
     assert b.next_offsets == {("user_profiles", 0): 2}
+
+
+def test_event_time_is_bounded_by_the_brokers_stamp_plus_the_skew():
+    late_ok = event(at="2026-11-22T12:04:59Z", offset=0)
+    too_far = event(at="2026-11-22T12:05:01Z", offset=1)
+    b = batch_of(late_ok, too_far)
+    assert (b.events, [(d.offset, d.reason) for d in b.dead_letters]) == (1, [(1, Reason.EVENT_TIME)])
+
+
+def test_without_a_broker_stamp_the_batchs_clock_is_the_reference():
+    msg = event(at="2026-11-22T12:00:00Z")
+    msg._ts = (1, int(dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp() * 1000))  # a producer's create time
+    b = Batch(
+        "user_events", "user_profiles", 65536, wall_clock=dt.datetime(2026, 11, 22, 11, tzinfo=dt.UTC).timestamp()
+    )
+    b.add([msg])
+    assert b.dead_letters[0].reason == Reason.EVENT_TIME and b.dead_letters[0].kafka_timestamp is None
+
+
+def test_an_event_at_the_end_of_time_is_a_dead_letter_not_a_crash():
+    b = batch_of(event(at="9999-12-31T23:59:59-01:00"), event(offset=1))
+    assert (b.events, b.dead_letters[0].reason, b.next_offsets) == (1, Reason.EVENT_TIME, {("user_events", 0): 2})
+
+
+def test_an_unexpected_exception_on_one_message_files_it_and_leaves_the_aggregates_alone(monkeypatch):
+    import stream_consumer.batch as batch_module
+
+    real = batch_module.decode_event
+
+    def flaky(value, *args):
+        if b'"user_id": 2' in value:
+            raise RuntimeError("boom")
+        return real(value, *args)
+
+    monkeypatch.setattr(batch_module, "decode_event", flaky)
+    b = batch_of(event(user_id=1), event(user_id=2, offset=1), event(user_id=1, offset=2))
+    assert b.user_events[(1, "view")].events == 2 and (2, "view") not in b.user_events
+    assert (b.dead_letters[0].reason, b.dead_letters[0].error) == (
+        Reason.INTERNAL_ERROR,
+        "consumer error: RuntimeError: boom",
+    )
+
+
+def test_dead_letters_keep_the_brokers_stamp_and_whether_the_raw_value_is_whole():
+    b = Batch("user_events", "user_profiles", 100)
+    b.add([Msg(b"{oops", b"1"), Msg(b"x" * 500, b"1", offset=1), Msg(b"\xff", b"1", offset=2)])
+    assert [d.raw_value_exact for d in b.dead_letters] == [True, False, False]
+    assert {d.kafka_timestamp for d in b.dead_letters} == {APPENDED}
+
+
+def test_halves_split_the_messages_in_order_and_add_up_to_the_whole():
+    msgs = [event(user_id=1 + i % 3, offset=i, partition=i % 2) for i in range(9)] + [Msg(b"bad", b"1", offset=9)]
+    whole = batch_of(*msgs)
+    first, second = whole.halves()
+    assert (len(first), len(second)) == (5, 5)
+    assert first.events + second.events == whole.events and len(first.dead_letters + second.dead_letters) == 1
+    assert second.next_offsets == whole.next_offsets and first.next_offsets == {
+        ("user_events", 0): 5,
+        ("user_events", 1): 4,
+    }
+
+
+def test_a_refused_message_becomes_a_dead_letter_that_still_advances_its_offset():
+    filed = batch_of(event(offset=41)).refused("refused by Postgres (SQLSTATE 22003): numeric field overflow")
+    assert (filed.events, filed.user_events, filed.next_offsets) == (0, {}, {("user_events", 0): 42})
+    assert (filed.dead_letters[0].reason, filed.dead_letters[0].raw_value_exact) == (Reason.REFUSED_BY_POSTGRES, True)
+
+
+def test_a_bare_refusal_keeps_neither_key_nor_raw_value():
+    d = batch_of(event()).refused("refused \u00e9", bare=True).dead_letters[0]
+    assert (d.key, d.raw_value, d.raw_value_exact, d.error) == (None, None, False, "refused \\xe9")
+
+
+# --- generated input: whatever arrives, every message is counted or filed, and nothing raises ----
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(hostile_events() | st.binary(max_size=64) | st.none(), st.sampled_from([b"42", b"7", None, b"\xff"])),
+        max_size=30,
+    )
+)
+def test_any_messages_are_each_counted_or_dead_lettered_exactly_once(pairs):
+    msgs = [
+        Msg(value, key, offset=i, appended=dt.datetime(2026, 11, 22, 15, 10, tzinfo=dt.UTC))
+        for i, (value, key) in enumerate(pairs)
+    ]
+    b = Batch("user_events", "user_profiles", 65536)
+    b.add(msgs)
+    assert b.events + len(b.dead_letters) == len(msgs) == len(b)
+    assert sum(r.events for r in b.user_events.values()) == b.events == sum(r.events for r in b.minutes.values())
+    assert sum(r.events for r in b.sessions.values()) == b.events
+    assert sorted(d.offset for d in b.dead_letters) == sorted(set(d.offset for d in b.dead_letters))

@@ -19,19 +19,22 @@ CREATE TABLE IF NOT EXISTS streaming.event_minutes (
     minute      timestamptz    NOT NULL,
     event_type  varchar(50)    NOT NULL,
     event_count bigint         NOT NULL,
-    revenue     numeric(20, 2) NOT NULL,
+    revenue     numeric(38, 2) NOT NULL,
     PRIMARY KEY (minute, event_type)
 );
 
--- Sessionization: one row per session_id.
+-- Sessionization: one row per session of a user. A session id is the client's, and a producer
+-- may reuse one for several users: each user gets a session of their own, so a session's user
+-- never changes (the engagement mart's incremental build relies on that).
 CREATE TABLE IF NOT EXISTS streaming.sessions (
-    session_id     uuid           PRIMARY KEY,
+    session_id     uuid           NOT NULL,
     user_id        bigint         NOT NULL,
     first_event_at timestamptz    NOT NULL,
     last_event_at  timestamptz    NOT NULL,
     event_count    bigint         NOT NULL,
     purchase_count bigint         NOT NULL,
-    revenue        numeric(20, 2) NOT NULL
+    revenue        numeric(38, 2) NOT NULL,
+    PRIMARY KEY (session_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS sessions_user_id_idx ON streaming.sessions (user_id);
 CREATE INDEX IF NOT EXISTS sessions_last_event_at_idx ON streaming.sessions (last_event_at);
@@ -60,6 +63,16 @@ CREATE TABLE IF NOT EXISTS streaming.dead_letter_events (
     received_at timestamptz  NOT NULL DEFAULT clock_timestamp(),
     UNIQUE (topic, "partition", "offset")
 );
+-- Added after the first release (ADD COLUMN IF NOT EXISTS: existing databases get them too).
+-- reason: the error's category (common/contract.py Reason); kafka_timestamp: when the broker
+-- appended the message (topics with LogAppendTime), what a replay checks its event time against;
+-- raw_value_exact: raw_value is the whole message, byte for byte (not cut, no bytes escaped), so
+-- `dead-letters replay` can run it through the contract again.
+ALTER TABLE streaming.dead_letter_events
+    ADD COLUMN IF NOT EXISTS reason          text NOT NULL DEFAULT 'contract',
+    ADD COLUMN IF NOT EXISTS kafka_timestamp timestamptz,
+    ADD COLUMN IF NOT EXISTS raw_value_exact boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS dead_letter_events_received_at_idx ON streaming.dead_letter_events (received_at);
 
 -- Where each partition resumes: written in the same transaction as the aggregates, and only
 -- if it still holds the offset the writer started from (the fence against lost partitions).
@@ -73,6 +86,35 @@ CREATE TABLE IF NOT EXISTS streaming.consumer_offsets (
     updated_at     timestamptz  NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (consumer_group, topic, "partition")
 );
+
+-- Revenue was numeric(20, 2) before the contract bounded every number: widen it in place. dbt's
+-- staging views read these columns, so they go first (dbt recreates them on its next build).
+DO $$
+DECLARE
+    v regclass;
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = 'streaming' AND table_name IN ('event_minutes', 'sessions')
+                 AND column_name = 'revenue' AND numeric_precision < 38) THEN
+        FOR v IN SELECT DISTINCT r.ev_class::regclass FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                 WHERE d.refobjid IN ('streaming.event_minutes'::regclass, 'streaming.sessions'::regclass)
+                   AND r.ev_class NOT IN ('streaming.event_minutes'::regclass, 'streaming.sessions'::regclass)
+        LOOP
+            EXECUTE format('DROP VIEW IF EXISTS %s CASCADE', v);
+        END LOOP;
+        ALTER TABLE streaming.event_minutes ALTER COLUMN revenue TYPE numeric(38, 2);
+        ALTER TABLE streaming.sessions ALTER COLUMN revenue TYPE numeric(38, 2);
+    END IF;
+END $$;
+
+-- Sessions were keyed by session_id alone (a shared id kept the smallest user id): re-key them.
+DO $$
+BEGIN
+    IF (SELECT array_length(conkey, 1) FROM pg_constraint
+        WHERE conrelid = 'streaming.sessions'::regclass AND contype = 'p') = 1 THEN
+        ALTER TABLE streaming.sessions DROP CONSTRAINT sessions_pkey, ADD PRIMARY KEY (session_id, user_id);
+    END IF;
+END $$;
 
 -- Autovacuum for the upserted tables (benchmarks/soak.py measures their size and dead rows).
 -- Each batch updates the same rows again: a user's counts, the current minute, the open sessions,

@@ -5,7 +5,6 @@
         materialized='incremental',
         unique_key='event_minute',
         incremental_strategy='merge',
-        on_schema_change='fail',
         indexes=[{'columns': ['event_minute'], 'unique': True}]
     )
 }}
@@ -38,7 +37,7 @@ timeline as (
         coalesce(sum(event_count) filter (where event_type = 'purchase'), 0)::bigint as purchases,
         coalesce(sum(event_count) filter (where event_type not in ('view', 'click', 'purchase')), 0)::bigint
             as other_events,
-        sum(revenue)::numeric(20, 2) as revenue
+        sum(revenue)::numeric(38, 2) as revenue
 
     from event_minutes
     {% if is_incremental() %}

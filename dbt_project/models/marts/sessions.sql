@@ -1,11 +1,10 @@
-{#- One row per session. Incremental: only sessions written since the last build are merged. -#}
+{#- One row per session of a user. Incremental: only sessions written since the last build are merged. -#}
 {{
     config(
         materialized='incremental',
-        unique_key='session_id',
+        unique_key=['session_id', 'user_id'],
         incremental_strategy='merge',
-        on_schema_change='fail',
-        indexes=[{'columns': ['session_id'], 'unique': True}]
+        indexes=[{'columns': ['session_id', 'user_id'], 'unique': True}]
     )
 }}
 
@@ -27,7 +26,7 @@ enriched as (
         user_id,
         started_at,
         ended_at,
-        extract(epoch from ended_at - started_at)::numeric(12, 3) as duration_seconds,
+        extract(epoch from ended_at - started_at)::numeric(15, 3) as duration_seconds,
         event_count,
         purchase_count,
         revenue,

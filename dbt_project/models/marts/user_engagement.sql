@@ -6,7 +6,6 @@
         materialized='incremental',
         unique_key='user_id',
         incremental_strategy='merge',
-        on_schema_change='fail',
         indexes=[{'columns': ['user_id'], 'unique': True}]
     )
 }}
@@ -44,7 +43,7 @@ per_user as (
         sum(event_count)::bigint as total_events,
         sum(purchase_count)::bigint as total_purchases,
         (count(*) filter (where purchase_count > 0))::bigint as converted_sessions,
-        sum(revenue)::numeric(20, 2) as revenue,
+        sum(revenue)::numeric(38, 2) as revenue,
         round(avg(event_count), 2) as avg_events_per_session,
         round(avg(extract(epoch from ended_at - started_at)), 1) as avg_session_duration_seconds,
         min(started_at) as first_seen_at,

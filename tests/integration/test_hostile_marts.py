@@ -1,0 +1,169 @@
+"""No contract-valid input can make `dbt build` fail, and no input at all can make the consumer's
+code raise: events at every bound of the contract, and generated hostile messages (Hypothesis),
+through the consumer's real decoding, aggregation and writer (splits included) into Postgres, then
+`dbt build` of every mart and its tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from decimal import Decimal
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.contract import AMOUNT_MAX, BIGINT_MAX, EVENT_TIME_FLOOR
+from stream_consumer.batch import LOG_APPEND_TIME, Batch
+from stream_consumer.store import Store
+from stream_consumer.writer import Health, Writer
+from tests.integration.dbt import PROFILES, TOPIC, Dbt, Event, differences, expected_marts, marts
+from tests.strategies import hostile_events
+
+ARRIVED = dt.datetime.now(dt.UTC).replace(microsecond=0)
+LATEST = ARRIVED + dt.timedelta(minutes=5)  # the default CONSUMER_MAX_FUTURE_SKEW
+
+
+class Message:
+    """A Kafka message the broker stamped at ARRIVED."""
+
+    def __init__(self, offset: int, key: bytes | None, value: bytes | None, topic: str = TOPIC) -> None:
+        self._offset, self._key, self._value, self._topic = offset, key, value, topic
+
+    def topic(self):
+        return self._topic
+
+    def partition(self):
+        return 0
+
+    def offset(self):
+        return self._offset
+
+    def key(self):
+        return self._key
+
+    def value(self):
+        return self._value
+
+    def timestamp(self):
+        return (LOG_APPEND_TIME, int(ARRIVED.timestamp() * 1000))
+
+
+class Feed:
+    """Writes batches with the consumer's own Batch and Writer; counts what they say landed."""
+
+    def __init__(self, dsn: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "TRUNCATE streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users, "
+                "streaming.dead_letter_events"
+            )
+            conn.execute("DELETE FROM streaming.consumer_offsets WHERE consumer_group = 'hostile_marts'")
+        self.store = Store(dsn, "hostile_marts")
+        self.writer = Writer(self.store, Health(), lambda: False)
+        self.offset = 0
+        self.messages = self.events = self.dead_letters = 0
+
+    def write(self, pairs: list[tuple[bytes | None, bytes | None]]) -> None:
+        batch = Batch(TOPIC, PROFILES, 65536)
+        batch.add([Message(self.offset + i, key, value) for i, (key, value) in enumerate(pairs)])
+        self.offset += len(pairs)
+        start = self.store.load_offsets(list(batch.next_offsets))
+        landed = self.writer.commit(batch, start, {})
+        assert landed is not None and landed.messages == len(pairs)
+        self.messages += len(pairs)
+        self.events += landed.events
+        self.dead_letters += len(landed.dead_letters)
+
+
+@pytest.fixture(scope="module")
+def dsn(stack) -> str:
+    return stack.owner_dsn()
+
+
+@pytest.fixture(scope="module")
+def dbt(stack, tmp_path_factory) -> Dbt:
+    return Dbt(stack, tmp_path_factory.mktemp("dbt"))
+
+
+@pytest.fixture(scope="module")
+def feed(dsn) -> Feed:
+    f = Feed(dsn)
+    yield f
+    f.store.close()
+
+
+def on_the_edges() -> list[Event]:
+    """Contract-valid events at every bound: the oldest and newest times, the largest id and
+    amount, the longest type; sessions that span the whole allowed range."""
+    span = uuid.UUID(int=1, version=4)
+    rich = uuid.UUID(int=2, version=4)
+    top = AMOUNT_MAX
+    return [
+        Event(1, "view", span, EVENT_TIME_FLOOR),
+        Event(1, "view", span, LATEST),
+        Event(BIGINT_MAX, "purchase", rich, EVENT_TIME_FLOOR, Decimal(top)),
+        *[Event(BIGINT_MAX, "purchase", rich, LATEST, Decimal(top)) for _ in range(50)],
+        Event(2, "a" * 50, uuid.UUID(int=3, version=4), ARRIVED),
+        Event(2, "purchase", uuid.UUID(int=4, version=4), EVENT_TIME_FLOOR + dt.timedelta(milliseconds=1), Decimal(0)),
+    ]
+
+
+def test_every_mart_builds_from_events_on_the_contracts_edges(dsn, dbt, feed):
+    edge = on_the_edges()
+    feed.write([(str(e.user_id).encode(), e.json()) for e in edge])
+    assert feed.dead_letters == 0
+    dbt("build", "--full-refresh")
+    assert differences(marts(dsn), expected_marts(edge, {})) == {}
+
+
+def valid_at_the_edges() -> st.SearchStrategy[bytes]:
+    times = st.sampled_from([EVENT_TIME_FLOOR, LATEST, ARRIVED]) | st.datetimes(
+        min_value=EVENT_TIME_FLOOR.replace(tzinfo=None),
+        max_value=LATEST.replace(tzinfo=None),
+        timezones=st.just(dt.UTC),
+    )
+    amounts = st.sampled_from([0, 0.01, AMOUNT_MAX]) | st.floats(0, AMOUNT_MAX)
+
+    @st.composite
+    def build(draw) -> bytes:
+        event_type = draw(st.sampled_from(["view", "click", "purchase", "a" * 50, "z9_"]))
+        return json.dumps(
+            {
+                "schema_version": 1,
+                "event_id": str(uuid.uuid4()),
+                "event_type": event_type,
+                "user_id": draw(st.sampled_from([1, 2, BIGINT_MAX])),
+                "session_id": str(uuid.UUID(int=draw(st.integers(1, 5)), version=4)),
+                "occurred_at": draw(times).isoformat(),
+                "amount": draw(amounts) if event_type == "purchase" else None,
+            }
+        ).encode()
+
+    return build()
+
+
+message = st.one_of(
+    valid_at_the_edges().map(lambda v: (str(json.loads(v)["user_id"]).encode(), v)),
+    st.tuples(st.sampled_from([b"42", b"1", None]), hostile_events() | st.binary(max_size=40) | st.none()),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(message, min_size=1, max_size=40))
+def test_generated_messages_are_each_counted_or_dead_lettered_once(feed, dsn, pairs):
+    feed.write(pairs)
+    with psycopg.connect(dsn) as conn:
+        [(events,)] = conn.execute("SELECT coalesce(sum(event_count), 0) FROM streaming.user_events").fetchall()
+        [(dead,)] = conn.execute("SELECT count(*) FROM streaming.dead_letter_events").fetchall()
+        [(stored,)] = conn.execute(
+            "SELECT next_offset FROM streaming.consumer_offsets WHERE consumer_group = 'hostile_marts'"
+        ).fetchall()
+    assert (events, dead, stored) == (feed.events, feed.dead_letters, feed.messages)
+
+
+def test_every_mart_builds_after_the_generated_messages(dbt):
+    dbt("build")
+    dbt("build", "--full-refresh")

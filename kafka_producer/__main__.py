@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import sys
 
+from common.contract import DEFAULT_MAX_FUTURE_SKEW, EVENT_TIME_FLOOR
 from common.settings import load_settings
 from kafka_producer.producer import Options, run
 
@@ -35,6 +36,13 @@ def _timestamp(text: str) -> dt.datetime:
     value = dt.datetime.fromisoformat(text)
     if value.tzinfo is None:
         raise argparse.ArgumentTypeError(f"needs a time zone, e.g. {text}Z or {text}+00:00")
+    # The consumer dead-letters events dated outside the contract's bounds: refuse them here.
+    if value < EVENT_TIME_FLOOR:
+        raise argparse.ArgumentTypeError(
+            f"is before {EVENT_TIME_FLOOR:%Y-%m-%d}, the earliest event time the contract takes"
+        )
+    if value > dt.datetime.now(dt.UTC) + DEFAULT_MAX_FUTURE_SKEW:
+        raise argparse.ArgumentTypeError("is in the future: the consumer refuses events dated after their arrival")
     return value
 
 

@@ -9,7 +9,10 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, Producer
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from common.metrics import MetricsServer
 from common.settings import Settings
 from kafka_producer.events import EventGenerator
 from kafka_producer.topics import ensure_topics
@@ -27,11 +30,22 @@ class Options:
 
 
 class Stats:
-    def __init__(self) -> None:
+    def __init__(self, target_rate: float = 0) -> None:
         self.produced = 0
         self.failed = 0
+        self.target_rate = target_rate
         self.first_error: str | None = None
         self.broker_error: str | None = None
+
+    def collect(self):
+        """Prometheus reads the counters at scrape time: nothing is added to the per-event loop."""
+        yield CounterMetricFamily("kafka_producer_events", "Events handed to the Kafka client", value=self.produced)
+        yield CounterMetricFamily(
+            "kafka_producer_delivery_errors", "Events Kafka did not acknowledge", value=self.failed
+        )
+        yield GaugeMetricFamily(
+            "kafka_producer_target_rate", "Events/s asked for (0: flat out)", value=self.target_rate
+        )
 
     def on_error(self, err) -> None:
         # Client-level errors (broker down, ...): librdkafka retries by itself; show the latest.
@@ -104,7 +118,11 @@ def run(settings: Settings, opts: Options) -> int:
             out.write(value + b"\n")
         return 0
 
-    stats = Stats()
+    stats = Stats(opts.rate)
+    registry = CollectorRegistry()
+    registry.register(stats)
+    server = MetricsServer(registry, lambda: (True, "ok"))
+    server.start(settings.metrics_host, range(settings.producer_metrics_port, settings.producer_metrics_port + 1))
     producer = Producer(producer_config(settings, stats))
     try:
         producer.list_topics(timeout=5)

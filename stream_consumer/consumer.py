@@ -16,10 +16,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from common.metrics import MetricsServer
 from common.settings import Settings
 from stream_consumer.batch import Batch
 from stream_consumer.batch import TopicPartition as PartitionKey
-from stream_consumer.metrics import ConsumerMetrics, MetricsServer
+from stream_consumer.metrics import ConsumerMetrics
 from stream_consumer.store import Fenced, Store
 from stream_consumer.writer import Health, Landed, Writer, first_line
 
@@ -107,7 +108,7 @@ class StreamConsumer:
         self._last_report = time.monotonic()
         self._last_sync = time.monotonic()
         self._last_recheck = time.monotonic()
-        self._last_purge = 0.0
+        self._last_purge = float("-inf")  # the first purge runs at start
         self._last_kafka_error = ""
 
     def _new_batch(self) -> Batch:
@@ -248,7 +249,7 @@ class StreamConsumer:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         s = self.settings
-        server = MetricsServer(self.metrics, lambda: (self.health.healthy, self.health.describe()))
+        server = MetricsServer(self.metrics.registry, lambda: (self.health.healthy, self.health.describe()))
         port = server.start(
             s.metrics_host, range(s.consumer_metrics_port, s.consumer_metrics_port + s.consumer_replicas)
         )

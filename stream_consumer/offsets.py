@@ -47,12 +47,18 @@ class PartitionState:
             return new, f"no stored offset yet; reading starts at {new}"
         if new == stored:
             return new, "stays where it is"
-        if new < stored:
-            if stored > self.high:
+        if stored > self.high:  # past the end: which messages were counted is not known
+            held = f"offsets {self.low}..{self.high - 1} ({self.high - self.low} messages)"
+            if to == "earliest":
                 return new, (
                     f"reads offsets {new}..{self.high - 1} of the current log ({self.high - new} messages); "
-                    "if the database was restored and they were counted before, they are counted twice"
+                    "if the database was restored and they were counted before, they are COUNTED TWICE"
                 )
+            return new, (
+                f"resumes at the end of the current log: SKIPS {held} if they were never counted (a "
+                "recreated topic); skips nothing if the database was restored after counting them"
+            )
+        if new < stored:
             return new, (
                 f"reads offsets {new}..{stored - 1} again ({stored - new} messages): they were counted "
                 "already and are COUNTED TWICE"

@@ -6,10 +6,31 @@ from native.context import Context
 from native.services.base import Program, Service
 
 
+def _healthz(host: str, port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
 class StreamConsumerService(Service):
     name = "stream_consumer"
     depends_on = ("postgres", "kafka")
     start_timeout = 20
+
+    def healthy(self, ctx: Context) -> bool:
+        """Every member answers /healthz with 200: not stalled, no partition refused."""
+        base = int(ctx.env.get("CONSUMER_METRICS_PORT", "9111"))
+        members = int(ctx.env.get("CONSUMER_REPLICAS", "1"))
+        return all(_healthz("127.0.0.1", port) for port in range(base, base + members))
+
+    def port(self, ctx: Context) -> str:
+        base = int(ctx.env.get("CONSUMER_METRICS_PORT", "9111"))
+        return f"http://127.0.0.1:{base}/metrics"
 
     def program(self, ctx: Context) -> Program:
         return Program(
@@ -24,6 +45,12 @@ class KafkaProducerService(Service):
     name = "kafka_producer"
     depends_on = ("kafka",)
     start_timeout = 20
+
+    def healthy(self, ctx: Context) -> bool:
+        return _healthz("127.0.0.1", int(ctx.env.get("PRODUCER_METRICS_PORT", "9110")))
+
+    def port(self, ctx: Context) -> str:
+        return f"http://127.0.0.1:{ctx.env.get('PRODUCER_METRICS_PORT', '9110')}/metrics"
 
     def program(self, ctx: Context) -> Program:
         return Program(

@@ -30,6 +30,7 @@ ENV_KEYS = (
     "TRINO_DB_USER",
     "TRINO_DB_PASSWORD",
     "KAFKA_BOOTSTRAP_SERVERS",
+    "TRINO_QUERY_MAX_EXECUTION_TIME",
 )
 
 
@@ -123,6 +124,8 @@ class TrinoService(Service):
     def program(self, ctx: Context) -> Program:
         state = self.state(ctx)
         env = {k: ctx[k] for k in ENV_KEYS}
+        # resource-groups.properties names its JSON by the etc folder Trino reads (compose: /etc/trino).
+        env["TRINO_ETC_DIR"] = str(state / "etc")
         # the prometheus catalog (compose: http://prometheus:9090)
         env["PROMETHEUS_URL"] = f"http://127.0.0.1:{ctx['PROMETHEUS_PORT']}"
         env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
+import json
 import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
 
 import pytest
 
 import trino
+from native.ephemeral import ROOT
 from tests.e2e.events import event, produce
 from tests.e2e.pipeline import query
 
@@ -130,3 +137,96 @@ def test_writes_through_trino_are_refused(env, statement):
     with pytest.raises(trino.exceptions.TrinoUserError) as refused:
         trino_rows(env, statement)
     assert refused.value.error_name == "PERMISSION_DENIED"
+
+
+# --- limits: run time, memory, and Superset's concurrency (trino/etc/, .env) ----------------------
+
+RESOURCE_GROUPS = json.loads((ROOT / "trino" / "etc" / "resource-groups.json").read_text())
+#: A query that would return 10^8 rows: it fills its output buffer in a moment and then waits for a
+#: client that never reads, running without using a core (the limits below are tripped idle).
+ENDLESS = (
+    "SELECT '{marker}' AS marker, a.x FROM UNNEST(sequence(1, 10000)) a(x) CROSS JOIN UNNEST(sequence(1, 10000)) b(y)"
+)
+
+
+def submit(env: dict[str, str], sql: str, user: str) -> dict:
+    """A query started and then never read: it stays running (or queued). Trino dispatches a
+    statement when its client first follows nextUri, so that is followed once."""
+    headers = {"X-Trino-User": user, "X-Trino-Source": "e2e-limits"}
+    url = f"http://127.0.0.1:{env['TRINO_PORT']}/v1/statement"
+    with urllib.request.urlopen(urllib.request.Request(url, sql.encode(), headers, method="POST"), timeout=30) as r:
+        created = json.loads(r.read())
+    with urllib.request.urlopen(urllib.request.Request(created["nextUri"], headers=headers), timeout=30) as r:
+        return json.loads(r.read())
+
+
+def cancel(env: dict[str, str], query_id: str) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{env['TRINO_PORT']}/v1/query/{query_id}", method="DELETE")
+    with contextlib.suppress(urllib.error.URLError):
+        urllib.request.urlopen(req, timeout=30).close()
+
+
+def states(env: dict[str, str], marker: str) -> list[tuple[str, str | None]]:
+    """(state, error code) of each query carrying `marker`, from Trino's own table."""
+    rows = trino_rows(
+        env,
+        "SELECT state, error_code FROM system.runtime.queries "
+        f"WHERE query LIKE '%{marker}%' AND query NOT LIKE '%system.runtime.queries%'",
+    )
+    return [(state, error) for state, error in rows]
+
+
+def test_query_running_longer_than_the_time_limit_is_killed(env):
+    marker = f"time-limit-{uuid.uuid4()}"
+    query_id = submit(env, ENDLESS.format(marker=marker), user="e2e")["id"]
+    limit = float(env["TRINO_QUERY_MAX_EXECUTION_TIME"].rstrip("s"))
+    try:
+        deadline = time.monotonic() + limit + 60
+        while states(env, marker)[0][0] not in ("FAILED", "FINISHED") and time.monotonic() < deadline:
+            time.sleep(2)
+    finally:
+        cancel(env, query_id)
+    assert states(env, marker) == [("FAILED", "EXCEEDED_TIME_LIMIT")]
+
+
+def test_query_needing_more_memory_than_a_node_allows_fails(env):
+    with pytest.raises(trino.exceptions.TrinoQueryError) as failed:
+        trino_rows(
+            env,
+            # 100,000 strings of 10 KB gathered in one array: ~1 GB for a 384 MB per-node limit
+            "SELECT cardinality(array_agg(lpad('', 10000, 'x'))) "
+            "FROM UNNEST(sequence(1, 10000)) a(x) CROSS JOIN UNNEST(sequence(1, 10)) b(y)",
+        )
+    assert failed.value.error_name == "EXCEEDED_LOCAL_MEMORY_LIMIT"
+
+
+@pytest.fixture(scope="module")
+def superset_flood(env):
+    """As many of Superset's queries at once as its group runs, plus as many as it queues, plus
+    two: what Trino does with each, once every one has been placed."""
+    group = next(g for g in RESOURCE_GROUPS["rootGroups"] if g["name"] == "superset")
+    marker = f"flood-{uuid.uuid4()}"
+    count = group["hardConcurrencyLimit"] + group["maxQueued"] + 2
+    ids = [submit(env, ENDLESS.format(marker=marker), user="superset")["id"] for _ in range(count)]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = Counter(states(env, marker))
+            if seen[("RUNNING", None)] == group["hardConcurrencyLimit"] and sum(seen.values()) == count:
+                break
+            time.sleep(1)
+        yield group, seen
+    finally:
+        for query_id in ids:
+            cancel(env, query_id)
+
+
+def test_superset_queries_beyond_its_concurrency_limit_wait_in_the_queue(superset_flood):
+    group, seen = superset_flood
+    running, queued = seen[("RUNNING", None)], seen[("QUEUED", None)]
+    assert (running, queued) == (group["hardConcurrencyLimit"], group["maxQueued"])
+
+
+def test_superset_queries_beyond_its_queue_are_refused(superset_flood):
+    _group, seen = superset_flood
+    assert seen[("FAILED", "QUERY_QUEUE_FULL")] == 2

@@ -2,14 +2,25 @@
 # here). Like the Superset repository's docker config: short, and every value from the environment
 # (.env). Whatever is not set here keeps Superset's default.
 import os
+import sys
+
+# This folder's own modules (mounted at /app/rt-superset in compose): the security manager, the
+# rules for the public view, the rate-limit storage.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rate_limits  # noqa: E402,F401  (registers the ratelimit+postgresql storage scheme)
+from security import PublicDashboardSecurityManager, mutate_app  # noqa: E402
 
 SECRET_KEY = os.environ["SUPERSET_SECRET_KEY"]  # Superset refuses to start with its sample key
 SQLALCHEMY_DATABASE_URI = os.environ["SUPERSET_METADATA_DB_URI"]  # SUPERSET_DB in the stack's Postgres
 SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
 
-# Behind the cloudflared tunnel (or any one reverse proxy): trust its X-Forwarded-For/-Proto/-Host,
-# so redirects and CSRF referrer checks use the public https URL.
+# Behind the cloudflared tunnel (or any one reverse proxy): trust the one hop's X-Forwarded-For (the
+# visitor's address, which the rate limits count) and X-Forwarded-Proto (https: Secure cookies).
+# Never X-Forwarded-Host: cloudflared forwards the visitor's Host as is and sets X-Forwarded-Host
+# only when told to rewrite Host; otherwise the visitor's own header arrives untouched, and
+# trusting it would let anyone point Superset's redirects and absolute URLs at another site.
 ENABLE_PROXY_FIX = True
+PROXY_FIX_CONFIG = {"x_for": 1, "x_proto": 1, "x_host": 0, "x_port": 0, "x_prefix": 0}
 
 # A live dashboard: every viewer's refresh shares one Trino query per SUPERSET_DATA_CACHE_TIMEOUT
 # seconds (the dbt marts change once a minute; the live datasets set a shorter timeout of their
@@ -39,8 +50,54 @@ DEFAULT_RELATIVE_END_TIME = "now"
 AUTH_ROLE_PUBLIC = "Public"
 PUBLIC_ROLE_LIKE = "Public"
 FEATURE_FLAGS = {"DASHBOARD_RBAC": True}
-# Anonymous chart-data requests may ask their chart's dataset for rows: keep answers small.
+# Anonymous visitors run the public charts' saved queries only, with at most their saved row limit
+# (security.py: PublicDashboardSecurityManager; SQL Lab and the editor stay the admin's).
+CUSTOM_SECURITY_MANAGER = PublicDashboardSecurityManager
 ROW_LIMIT = 5000
+
+# Rate limits (flask-limiter), counted per client address in the metadata Postgres so that every
+# gunicorn worker shares one count (rate_limits.py): anonymous chart data and the logins, from
+# .env (security.py). FAB's own login limit is replaced by security.py's, shared by form and API.
+RATELIMIT_ENABLED = True
+RATELIMIT_STORAGE_URI = "ratelimit+" + SQLALCHEMY_DATABASE_URI.replace("postgresql+psycopg2", "postgresql", 1)
+RATELIMIT_APPLICATION = None  # Superset's default "50 per second" would cost a count on every request
+AUTH_RATE_LIMITED = False
+# A storage hiccup must not take the dashboard down with it (it is logged).
+RATELIMIT_SWALLOW_ERRORS = True
+
+# Request bodies: a chart-data request is a few KB; the admin's dashboard imports stay well below.
+MAX_CONTENT_LENGTH = int(os.environ.get("SUPERSET_MAX_CONTENT_LENGTH", str(1024 * 1024)))
+
+# Cookies: HttpOnly and SameSite always, Secure whenever the request came over HTTPS (the tunnel):
+# security.py's session interface, installed by FLASK_APP_MUTATOR. A fixed SESSION_COOKIE_SECURE
+# would break logins over plain http on loopback.
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+FLASK_APP_MUTATOR = mutate_app
+
+# Content Security Policy (flask-talisman, on by default in Superset 6; stated here so that it
+# stays on): scripts only from Superset itself (nonces), no third-party images, tiles or fonts,
+# no framing by other sites. HSTS is sent on HTTPS requests (the tunnel) only. The one request it
+# blocks is Superset's telemetry image (scarf.sh, built into the frontend): a console message.
+TALISMAN_ENABLED = True
+TALISMAN_CONFIG = {
+    "content_security_policy": {
+        "base-uri": ["'self'"],
+        "default-src": ["'self'"],
+        "img-src": ["'self'", "blob:", "data:"],
+        "worker-src": ["'self'", "blob:"],
+        "connect-src": ["'self'"],
+        "object-src": "'none'",
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "font-src": ["'self'"],
+        "script-src": ["'self'", "'strict-dynamic'"],
+        "frame-ancestors": ["'self'"],
+        "form-action": ["'self'"],
+    },
+    "content_security_policy_nonce_in": ["script-src"],
+    "force_https": False,
+    "session_cookie_secure": False,
+}
 
 # No Celery: no async queries, alerts or thumbnails in this stack.
 CELERY_CONFIG = None

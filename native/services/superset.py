@@ -20,6 +20,27 @@ SUPERSET = Path(__file__).resolve().parents[2] / "superset"
 HOST = "127.0.0.1"
 
 
+def gunicorn_options(ctx: Context) -> list[str]:
+    """gunicorn's options in both modes (compose's superset command lists the same, with .env's values).
+
+    Request lines and header fields keep gunicorn's bounds (8 KiB): the public dashboard's URLs are
+    short and Superset's explore keeps its state server-side (form_data_key). Bodies are bounded by
+    Flask (SUPERSET_MAX_CONTENT_LENGTH). A worker silent for SUPERSET_GUNICORN_TIMEOUT is replaced
+    (gthread workers keep signalling while their threads serve long requests; Trino's
+    TRINO_QUERY_MAX_EXECUTION_TIME bounds those), and idle keep-alive connections are closed after
+    SUPERSET_GUNICORN_KEEPALIVE seconds, so idle clients can't hold the threads."""
+    return [
+        "--workers=2",
+        "--worker-class=gthread",
+        "--threads=4",
+        f"--timeout={ctx['SUPERSET_GUNICORN_TIMEOUT']}",
+        f"--graceful-timeout={ctx['SUPERSET_GUNICORN_TIMEOUT']}",
+        f"--keep-alive={ctx['SUPERSET_GUNICORN_KEEPALIVE']}",
+        "--limit-request-line=8190",
+        "--limit-request-field_size=8190",
+    ]
+
+
 class SupersetService(Service):
     name = "superset"
     depends_on = ("postgres", "trino")
@@ -54,6 +75,13 @@ class SupersetService(Service):
             "SUPERSET_ADMIN_PASSWORD": ctx["SUPERSET_ADMIN_PASSWORD"],
             "TRINO_HOST": ctx["TRINO_HOST"],
             "TRINO_PORT": ctx["TRINO_PORT"],
+            "SUPERSET_RATE_LIMIT_CHART_DATA": ctx["SUPERSET_RATE_LIMIT_CHART_DATA"],
+            "SUPERSET_RATE_LIMIT_LOGIN": ctx["SUPERSET_RATE_LIMIT_LOGIN"],
+            "SUPERSET_MAX_CONTENT_LENGTH": ctx["SUPERSET_MAX_CONTENT_LENGTH"],
+            "SUPERSET_PUBLIC_CACHE_SECONDS": ctx["SUPERSET_PUBLIC_CACHE_SECONDS"],
+            # gunicorn reads these from its argv; here too so that changing them restarts it
+            "SUPERSET_GUNICORN_TIMEOUT": ctx["SUPERSET_GUNICORN_TIMEOUT"],
+            "SUPERSET_GUNICORN_KEEPALIVE": ctx["SUPERSET_GUNICORN_KEEPALIVE"],
             "PATH": f"{self.venv(ctx) / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": os.environ.get("HOME", "/root"),
         }
@@ -68,13 +96,8 @@ class SupersetService(Service):
                 "bash",
                 str(SUPERSET / "bootstrap.sh"),
                 str(self.venv(ctx) / "bin" / "gunicorn"),
-                "--workers=2",
-                "--worker-class=gthread",
-                "--threads=4",
-                "--timeout=120",
+                *gunicorn_options(ctx),
                 f"--bind={HOST}:{ctx['SUPERSET_PORT']}",
-                "--limit-request-line=0",
-                "--limit-request-field_size=0",
                 # its default control socket is one fixed path per user: two stacks would share it
                 "--no-control-socket",
                 "superset.app:create_app()",

@@ -23,7 +23,12 @@ FLAGS = (
 )
 
 #: What Superset draws for a chart that failed (error alert) and for one that is still loading.
-ERROR_SELECTORS = ".chart-container .alert-danger, .chart-container .ant-alert-error, [data-test='error-message']"
+#: Superset 6.1 draws a failed chart's "Data error" as an ant-alert-error inside the chart holder,
+#: outside any .chart-container.
+ERROR_SELECTORS = (
+    ".chart-container .alert-danger, .chart-container .ant-alert-error, [data-test='error-message'],"
+    " .dashboard-component-chart-holder .ant-alert-error"
+)
 LOADING_SELECTOR = ".chart-container .loading, [data-test='loading-indicator']"
 CHART_SELECTOR = "[data-test='chart-grid-component'], .dashboard-component-chart-holder"
 

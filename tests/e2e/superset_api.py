@@ -18,9 +18,11 @@ class SupersetClient:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.csrf: str | None = None
 
-    def request(self, method: str, path: str, body: dict | None = None, expect: int | None = 200):
+    def request(
+        self, method: str, path: str, body: dict | None = None, expect: int | None = 200, headers: dict | None = None
+    ):
         """(status, parsed JSON or text); raises if `expect` is given and the status differs."""
-        headers = {"Referer": self.base + "/", "Accept": "application/json"}
+        headers = {"Referer": self.base + "/", "Accept": "application/json", **(headers or {})}
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -39,16 +41,24 @@ class SupersetClient:
         return status, payload
 
     def login(self, username: str, password: str) -> None:
-        """A browser's login (session cookie). Not the API's bearer token: with a Public role, FAB
-        lets a request through as anonymous whenever Public holds the permission, token or not."""
-        page = self.opener.open(self.base + "/login/", timeout=60).read().decode()
-        self.csrf = re.search(r'name="csrf_token"\s+id="csrf_token"\s+value="([^"]+)"', page).group(1)
+        """A browser's login (session cookie, CSRF token). `api_token()` is the API's way in."""
+        self.fetch_csrf()
         form = urllib.parse.urlencode({"username": username, "password": password, "csrf_token": self.csrf})
         req = urllib.request.Request(self.base + "/login/", data=form.encode(), headers={"Referer": self.base + "/"})
         self.opener.open(req, timeout=60).read()
         me = self.request("GET", "/api/v1/me/")[1]["result"]
         if me.get("username") != username:
             raise AssertionError(f"login as {username} failed: {me}")
+
+    def fetch_csrf(self) -> None:
+        """The CSRF token a browser gets with the login page (anonymous visitors too)."""
+        page = self.opener.open(self.base + "/login/", timeout=60).read().decode()
+        self.csrf = re.search(r'name="csrf_token"\s+id="csrf_token"\s+value="([^"]+)"', page).group(1)
+
+    def api_token(self, username: str, password: str) -> str:
+        """An access token from the API's login (what scripts send as `Authorization: Bearer`)."""
+        body = {"username": username, "password": password, "provider": "db", "refresh": False}
+        return self.request("POST", "/api/v1/security/login", body)[1]["access_token"]
 
     def get(self, path: str, **query) -> dict:
         if query:
@@ -75,6 +85,70 @@ class SupersetClient:
             query["filters"] = [*query.get("filters", []), *(filters or [])]
         result = self.request("POST", "/api/v1/chart/data", context)[1]["result"]
         return result[0]["data"]
+
+
+def dashboard_request(chart: dict, dashboard_id: int, filters: list[dict] | None = None) -> dict:
+    """A chart-data request as the dashboard page sends it: the chart's saved query context, with
+    the dashboard's and the chart's ids in form_data (and a dashboard filter's clauses, if any)."""
+    context = json.loads(chart["query_context"])
+    context["form_data"].update(dashboardId=dashboard_id, slice_id=chart["id"])
+    for query in context["queries"]:
+        query["filters"] = [*query.get("filters", []), *(filters or [])]
+    return context
+
+
+def filter_values_request(dashboard: dict, filter_id: str) -> dict:
+    """The request a dashboard's select filter sends for the values it offers (as Superset 6.1's
+    filter bar builds it)."""
+    config = next(
+        f for f in json.loads(dashboard["json_metadata"])["native_filter_configuration"] if f["id"] == filter_id
+    )
+    target = config["targets"][0]
+    column, dataset = target["column"]["name"], target["datasetId"]
+    query = {
+        "filters": [],
+        "extras": {"having": "", "where": ""},
+        "applied_time_extras": {},
+        "columns": [column],
+        "metrics": [],
+        "orderby": [[column, True]],
+        "annotation_layers": [],
+        "row_limit": 1000,
+        "series_limit": 0,
+        "group_others_when_limit_reached": False,
+        "order_desc": True,
+        "url_params": {},
+        "custom_params": {},
+        "custom_form_data": {},
+    }
+    form_data = {
+        **config.get("controlValues", {}),
+        "datasource": f"{dataset}__table",
+        "groupby": [column],
+        "adhoc_filters": [],
+        "extra_filters": [],
+        "extra_form_data": {},
+        "metrics": ["count"],
+        "row_limit": 1000,
+        "showSearch": True,
+        "url_params": {},
+        "inView": True,
+        "viz_type": "filter_select",
+        "type": "NATIVE_FILTER",
+        "dashboardId": dashboard["id"],
+        "native_filter_id": filter_id,
+        "force": False,
+        "result_format": "json",
+        "result_type": "full",
+    }
+    return {
+        "datasource": {"id": dataset, "type": "table"},
+        "force": False,
+        "queries": [query],
+        "form_data": form_data,
+        "result_format": "json",
+        "result_type": "full",
+    }
 
 
 def _rison(value) -> str:

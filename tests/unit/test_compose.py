@@ -455,6 +455,35 @@ def test_superset_gets_the_environment_native_mode_sets(service, services):
     )
 
 
+def test_superset_runs_gunicorn_with_the_same_options_in_both_modes(services, env):
+    """Timeouts, keep-alive, request limits: native/services/superset.py's list, .env's values."""
+    from native.context import Context
+    from native.services.superset import gunicorn_options
+
+    command = services["superset"]["command"]
+    assert command[0] == "gunicorn" and command[-1] == "superset.app:create_app()"
+    assert [o for o in command[1:-1] if not o.startswith("--bind=")] == gunicorn_options(Context(env))
+
+
+def test_trino_finds_its_resource_groups_where_each_mode_puts_trino_etc(services):
+    """resource-groups.properties names the JSON by TRINO_ETC_DIR: compose's trino/etc mount, and
+    the etc folder native mode gives Trino."""
+    properties = (ROOT / "trino/etc/resource-groups.properties").read_text()
+    assert "resource-groups.config-file=${ENV:TRINO_ETC_DIR}/resource-groups.json" in properties
+    assert (ROOT / "trino/etc/resource-groups.json").exists()
+    assert ("trino/etc", services["trino"]["environment"]["TRINO_ETC_DIR"]) in bind_mounts(services["trino"])
+    assert 'env["TRINO_ETC_DIR"] = str(state / "etc")' in native_module("trino").read_text()
+
+
+def test_superset_resource_group_caps_concurrency_and_queue():
+    """The group's selector is the user Superset's Trino database connects as (provision.py)."""
+    config = json.loads((ROOT / "trino/etc/resource-groups.json").read_text())
+    (group,) = [g for g in config["rootGroups"] if g["name"] == "superset"]
+    assert "trino://superset@" in (ROOT / "superset/provision.py").read_text()
+    assert {"user": "superset", "group": "superset"} in config["selectors"]
+    assert 0 < group["hardConcurrencyLimit"] <= 8 and 0 < group["maxQueued"] <= 100
+
+
 AIRFLOW_SERVICES = ("airflow-init", "airflow-scheduler", "airflow-dag-processor", "airflow-apiserver")
 
 

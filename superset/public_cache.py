@@ -1,0 +1,122 @@
+"""Anonymous chart-data answers kept for a moment in each gunicorn worker (WSGI middleware).
+
+Superset's own cache spares Trino, but every chart-data request still costs Superset tens of
+milliseconds of Python (security checks, metadata queries, JSON): a dashboard of 8 charts
+refreshed every 10 s by 200 visitors is 160 requests a second, several cores' worth. Anonymous
+visitors all get the same answer to the same request (one role, the saved queries only), so the
+200 answer to a byte-identical request body is replayed for SUPERSET_PUBLIC_CACHE_SECONDS (.env;
+0 turns this off), at the cost of that much more staleness. Concurrent identical requests wait
+for the one in flight instead of all reaching Superset.
+
+Only answers Superset gave with 200 are kept, so nothing refused (403, 429) is ever replayed;
+Set-Cookie is never replayed; requests from a logged-in session or with an Authorization header
+pass straight through. Each worker keeps at most MAX_BYTES of answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+PATH = "/api/v1/chart/data"
+#: A dashboard's chart request is a few KB; larger bodies are left to Superset (and its 413).
+MAX_BODY = 64 * 1024
+MAX_BYTES = 32 * 1024 * 1024
+
+StartResponse = Callable[..., Any]
+
+
+class PublicChartCache:
+    """WSGI middleware in front of Superset's app; see the module docstring."""
+
+    def __init__(self, wsgi_app: Callable, ttl: float, is_logged_in: Callable[[dict], bool]) -> None:
+        self.wsgi_app, self.ttl, self.is_logged_in = wsgi_app, ttl, is_logged_in
+        self.entries: OrderedDict[bytes, tuple[float, str, list[tuple[str, str]], bytes]] = OrderedDict()
+        self.size = 0
+        self.lock = threading.Lock()
+        self.in_flight: dict[bytes, threading.Lock] = {}
+
+    def cacheable(self, environ: dict) -> bool:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return False
+        return (
+            self.ttl > 0
+            and environ.get("REQUEST_METHOD") == "POST"
+            and environ.get("PATH_INFO") == PATH
+            and 0 < length <= MAX_BODY
+            and not environ.get("HTTP_AUTHORIZATION")
+            and not environ.get("HTTP_X_GUESTTOKEN")
+            and not self.is_logged_in(environ)
+        )
+
+    def lookup(self, key: bytes) -> tuple[str, list[tuple[str, str]], bytes] | None:
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] < time.monotonic():
+                self._drop(key)
+                return None
+            self.entries.move_to_end(key)
+            return entry[1], entry[2], entry[3]
+
+    def store(self, key: bytes, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        with self.lock:
+            if key in self.entries:
+                self._drop(key)
+            self.entries[key] = (time.monotonic() + self.ttl, status, headers, body)
+            self.size += len(body)
+            while self.size > MAX_BYTES and self.entries:
+                self._drop(next(iter(self.entries)))
+
+    def _drop(self, key: bytes) -> None:
+        self.size -= len(self.entries.pop(key)[3])
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if not self.cacheable(environ):
+            return self.wsgi_app(environ, start_response)
+        body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+        environ["wsgi.input"] = io.BytesIO(body)
+        key = hashlib.sha256(environ.get("QUERY_STRING", "").encode() + b"\0" + body).digest()
+        if hit := self.lookup(key):
+            return self.replay(hit, start_response)
+        with self.lock:
+            flight = self.in_flight.setdefault(key, threading.Lock())
+        with flight:
+            if hit := self.lookup(key):
+                return self.replay(hit, start_response)
+            status, headers, answer = self.call(environ)
+            if status.startswith("200 "):
+                self.store(key, status, [(k, v) for k, v in headers if k.lower() != "set-cookie"], answer)
+        with self.lock:
+            self.in_flight.pop(key, None)
+        start_response(status, headers)
+        return [answer]
+
+    def call(self, environ: dict) -> tuple[str, list[tuple[str, str]], bytes]:
+        seen: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            seen["status"], seen["headers"] = status, headers
+            return lambda data: None
+
+        result = self.wsgi_app(environ, capture)
+        try:
+            answer = b"".join(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return seen["status"], seen["headers"], answer
+
+    @staticmethod
+    def replay(hit: tuple[str, list[tuple[str, str]], bytes], start_response: StartResponse) -> list[bytes]:
+        status, headers, body = hit
+        start_response(status, list(headers))
+        return [body]

@@ -50,6 +50,18 @@ BENCHMARKS = {
             rf"Superset RSS .* +{NUMBER} MiB$",
         ],
     ),
+    "soak": (
+        ["--rate", "200", "--minutes", "0.5", "--sample-seconds", "10", "--warmup", "5", "--users", "100"],
+        [
+            rf"lag \(messages\): median / max +{NUMBER} / {NUMBER} \({NUMBER} s of traffic at most\)$",
+            rf"consumer RSS \(MiB\) +first {NUMBER}, last {NUMBER}, max {NUMBER}$",
+            rf"streaming\.user_events: size MiB / dead rows +{NUMBER} -> {NUMBER} MiB; dead rows max {NUMBER}",
+            rf"streaming\.sessions: size MiB / dead rows +{NUMBER} -> {NUMBER} MiB; dead rows max {NUMBER}",
+            r"analytics_dbt_build runs: count, failed, duration median / max +\d+ runs, \d+ failed; ",
+            r"disk growth of the stack's state folder +-?[\d,.]+ MiB per hour$",
+            r"alerts that fired during the soak +\S",
+        ],
+    ),
 }
 
 

@@ -5,8 +5,11 @@ milliseconds of Python (security checks, metadata queries, JSON): a dashboard of
 refreshed every 10 s by 200 visitors is 160 requests a second, several cores' worth. Anonymous
 visitors all get the same answer to the same request (one role, the saved queries only), so the
 200 answer to a byte-identical request body is replayed for SUPERSET_PUBLIC_CACHE_SECONDS (.env;
-0 turns this off), at the cost of that much more staleness. Concurrent identical requests wait
-for the one in flight instead of all reaching Superset.
+0 turns this off), at the cost of that much more staleness. Once it is older, one request asks
+Superset again while the others still get the previous answer (stale-while-revalidate, for at
+most MAX_STALE seconds): no visitor waits behind another's Trino query, and each answer reaches
+Superset once per period per worker. Without any answer yet, identical requests wait for the
+one in flight instead of all reaching Superset.
 
 Only answers Superset gave with 200 are kept, so nothing refused (403, 429) is ever replayed;
 Set-Cookie is never replayed; requests from a logged-in session or with an Authorization header
@@ -27,6 +30,8 @@ PATH = "/api/v1/chart/data"
 #: A dashboard's chart request is a few KB; larger bodies are left to Superset (and its 413).
 MAX_BODY = 64 * 1024
 MAX_BYTES = 32 * 1024 * 1024
+#: An answer older than this (Superset failing to answer again, say) is never replayed.
+MAX_STALE = 30.0
 
 StartResponse = Callable[..., Any]
 
@@ -56,16 +61,18 @@ class PublicChartCache:
             and not self.is_logged_in(environ)
         )
 
-    def lookup(self, key: bytes) -> tuple[str, list[tuple[str, str]], bytes] | None:
+    def lookup(self, key: bytes) -> tuple[bool, tuple[str, list[tuple[str, str]], bytes]] | None:
+        """(fresh, answer) for a key, or None."""
         with self.lock:
             entry = self.entries.get(key)
             if entry is None:
                 return None
-            if entry[0] < time.monotonic():
+            now = time.monotonic()
+            if entry[0] + MAX_STALE < now:
                 self._drop(key)
                 return None
             self.entries.move_to_end(key)
-            return entry[1], entry[2], entry[3]
+            return entry[0] >= now, (entry[1], entry[2], entry[3])
 
     def store(self, key: bytes, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
         with self.lock:
@@ -85,18 +92,27 @@ class PublicChartCache:
         body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
         environ["wsgi.input"] = io.BytesIO(body)
         key = hashlib.sha256(environ.get("QUERY_STRING", "").encode() + b"\0" + body).digest()
-        if hit := self.lookup(key):
-            return self.replay(hit, start_response)
+        found = self.lookup(key)
+        if found and found[0]:
+            return self.replay(found[1], start_response)
         with self.lock:
             flight = self.in_flight.setdefault(key, threading.Lock())
-        with flight:
-            if hit := self.lookup(key):
-                return self.replay(hit, start_response)
+        if found and not flight.acquire(blocking=False):
+            return self.replay(found[1], start_response)  # stale, and someone is asking already
+        if not found:
+            flight.acquire()
+        try:
+            again = self.lookup(key)
+            if again and again[0]:
+                return self.replay(again[1], start_response)
             status, headers, answer = self.call(environ)
             if status.startswith("200 "):
                 self.store(key, status, [(k, v) for k, v in headers if k.lower() != "set-cookie"], answer)
-        with self.lock:
-            self.in_flight.pop(key, None)
+        finally:
+            flight.release()
+            with self.lock:  # keep the map as small as the requests in flight
+                if not flight.locked():
+                    self.in_flight.pop(key, None)
         start_response(status, headers)
         return [answer]
 

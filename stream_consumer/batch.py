@@ -175,7 +175,7 @@ class Batch:
         skew = self.max_future_skew.total_seconds()
         if self.wall_clock is None:
             self.wall_clock = time.time()
-        wall_latest = dt.datetime.fromtimestamp(self.wall_clock + skew, dt.UTC)
+        wall_latest = self.wall_clock + skew
         self.messages.extend(messages)
         for msg in messages:
             topic = msg.topic()
@@ -183,11 +183,11 @@ class Batch:
             # Everything that can fail on account of this message happens before any aggregate changes.
             try:
                 kind, ms = msg.timestamp()
-                latest = dt.datetime.fromtimestamp(ms / 1000 + skew, dt.UTC) if kind == LOG_APPEND_TIME else wall_latest
+                latest = ms / 1000 + skew if kind == LOG_APPEND_TIME else wall_latest
                 if topic != events_topic:
                     self._add_profile(msg, latest)
                     continue
-                event = decode_event(msg.value(), max_bytes, latest)
+                event, ts = decode_event(msg.value(), max_bytes, latest)
                 if msg.key() != str(event.user_id).encode():
                     raise InvalidMessage(
                         Reason.KEY_MISMATCH, f"key {_text(msg.key(), 64)!r} is not the event's user_id {event.user_id}"
@@ -196,7 +196,7 @@ class Batch:
                 etype = event.event_type
                 purchase = etype == "purchase"
                 cents = amount_cents(event.amount) if purchase else 0
-                minute = int(at.timestamp() // 60)  # 3x cheaper than datetime.replace(second=0, ...)
+                minute = int(ts // 60)  # 3x cheaper than datetime.replace(second=0, ...)
             except InvalidMessage as exc:
                 self.dead_letter(msg, exc.reason, str(exc))
                 continue
@@ -242,7 +242,7 @@ class Batch:
             for (m, e), row in self.minutes.items()
         ]
 
-    def _add_profile(self, msg, latest: dt.datetime) -> None:
+    def _add_profile(self, msg, latest: float) -> None:
         if msg.topic() != self.profiles_topic:
             raise InvalidMessage(Reason.UNEXPECTED_TOPIC, f"unexpected topic {msg.topic()!r}")
         profile = decode_profile(msg.value(), self.max_event_bytes, latest)

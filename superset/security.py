@@ -46,9 +46,12 @@ LOGIN_LIMIT = os.environ.get("SUPERSET_RATE_LIMIT_LOGIN", "10 per minute")
 
 
 def is_anonymous() -> bool:
-    """True inside a request served to nobody in particular (CLI and jobs have no request)."""
-    user = getattr(g, "user", None) if has_request_context() else None
-    return user is not None and user.is_anonymous
+    """True inside a request served to nobody in particular, or to nobody known yet (CLI commands
+    and jobs have no request: they are not visitors)."""
+    if not has_request_context():
+        return False
+    user = getattr(g, "user", None)
+    return user is None or user.is_anonymous
 
 
 def refused(reason: str) -> SupersetSecurityException:

@@ -46,6 +46,7 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    airflow.start(stop)
     logging.getLogger("pipeline_exporter").info(
         "serving http://%s:%s/metrics (group %s, Airflow %s)",
         s.pipeline_exporter_host,

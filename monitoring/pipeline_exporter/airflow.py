@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections import deque
@@ -85,18 +84,21 @@ def _epoch(timestamp: str) -> float:
 
 
 class AirflowClient:
-    """Reads DAGs and their latest finished runs, as a read-only (viewer) user; results cached for
-    `ttl` seconds, so that Prometheus' 5 s scrapes cost Airflow one look every `ttl`."""
+    """Reads DAGs and their latest finished runs, as a read-only (viewer) user, in a thread of its
+    own every `interval` seconds: a slow Airflow API never slows a scrape (and with it the lag
+    measurement), and Prometheus' 5 s scrapes cost Airflow one look every `interval`."""
 
-    def __init__(self, base_url: str, username: str, password: str, ttl: float = 10.0, timeout: float = 5.0) -> None:
+    def __init__(
+        self, base_url: str, username: str, password: str, interval: float = 10.0, timeout: float = 10.0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.username = username
         self.password = password
-        self.ttl = ttl
+        self.interval = interval
         self.timeout = timeout
         self.history: dict[str, DagHistory] = {}
+        self.error: str | None = "not polled yet"
         self._token: str | None = None
-        self._fetched = 0.0
         self._lock = threading.Lock()
 
     def _request(self, path: str, method: str = "GET", body: dict | None = None, auth: bool = True) -> dict:
@@ -132,17 +134,36 @@ class AirflowClient:
         self._token = token
         return token
 
-    def refresh(self) -> dict[str, DagHistory]:
-        """The DAGs' histories, fetched again when older than the ttl; raises when Airflow does not answer."""
-        with self._lock:
-            if time.monotonic() - self._fetched < self.ttl:
-                return self.history
-            dags = [d["dag_id"] for d in self._request("/api/v2/dags?limit=100").get("dags", [])]
-            for dag_id in dags:
-                payload = self._request(
+    def poll(self) -> None:
+        """One look at every DAG's latest finished runs; raises when Airflow does not answer."""
+        dags = [d["dag_id"] for d in self._request("/api/v2/dags?limit=100").get("dags", [])]
+        fetched = {}
+        for dag_id in dags:
+            fetched[dag_id] = parse_runs(
+                self._request(
                     f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns?order_by=-run_after&limit=20"
                     + "".join(f"&state={s}" for s in FINISHED)
                 )
-                self.history.setdefault(dag_id, DagHistory()).update(parse_runs(payload))
-            self._fetched = time.monotonic()
-            return self.history
+            )
+        with self._lock:
+            for dag_id, runs in fetched.items():
+                self.history.setdefault(dag_id, DagHistory()).update(runs)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.poll()
+                self.error = None
+            except Exception as exc:  # noqa: BLE001 - reported as source_up 0 until a poll succeeds
+                self.error = f"{type(exc).__name__}: {exc}"
+            stop.wait(self.interval)
+
+    def start(self, stop: threading.Event) -> None:
+        threading.Thread(target=self.run, args=(stop,), name="airflow-poller", daemon=True).start()
+
+    def current(self) -> dict[str, DagHistory]:
+        """The histories as of the last poll; raises while the last poll failed."""
+        if self.error is not None:
+            raise RuntimeError(self.error)
+        with self._lock:
+            return dict(self.history)

@@ -100,7 +100,7 @@ class PipelineCollector(Collector):
             yield lag
 
         if self.airflow is not None:
-            history, t_airflow = self._read("airflow", self.airflow.refresh)
+            history, t_airflow = self._read("airflow", self.airflow.current)
             up.add_metric(["airflow"], float(history is not None))
             took.add_metric(["airflow"], t_airflow)
             if history is not None:

@@ -144,7 +144,8 @@ class StreamConsumer:
             tp.offset = offset
             self.start_offsets[key] = offset
             readable.append(tp)
-        consumer.incremental_assign(readable)
+        if readable:
+            consumer.incremental_assign(readable)
         log.info("assigned %s", _describe(readable))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

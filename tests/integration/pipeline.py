@@ -243,8 +243,12 @@ class Pipeline:
         import urllib.error
         import urllib.request
 
-        log = (self.logs / f"consumer_{consumer}.log").read_text()
-        port = re.search(r"metrics on http://[\d.]+:(\d+)/metrics", log).group(1)
+        found = re.search(
+            r"metrics on http://[\d.]+:(\d+)/metrics", (self.logs / f"consumer_{consumer}.log").read_text()
+        )
+        if found is None:
+            return 0, "not serving yet"
+        port = found.group(1)
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
                 return r.status, r.read().decode()

@@ -151,7 +151,7 @@ message = st.one_of(
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=80, suppress_health_check=list(HealthCheck))
 @given(st.lists(message, min_size=1, max_size=40))
 def test_generated_messages_are_each_counted_or_dead_lettered_once(feed, dsn, pairs):
     feed.write(pairs)

@@ -231,7 +231,7 @@ def test_a_bare_refusal_keeps_neither_key_nor_raw_value():
 # --- generated input: whatever arrives, every message is counted or filed, and nothing raises ----
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     st.lists(
         st.tuples(hostile_events() | st.binary(max_size=64) | st.none(), st.sampled_from([b"42", b"7", None, b"\xff"])),

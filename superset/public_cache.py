@@ -5,15 +5,21 @@ milliseconds of Python (security checks, metadata queries, JSON): a dashboard of
 refreshed every 10 s by 200 visitors is 160 requests a second, several cores' worth. Anonymous
 visitors all get the same answer to the same request (one role, the saved queries only), so the
 200 answer to a byte-identical request body is replayed for SUPERSET_PUBLIC_CACHE_SECONDS (.env;
-0 turns this off), at the cost of that much more staleness. Once it is older, one request asks
-Superset again while the others still get the previous answer (stale-while-revalidate, for at
-most MAX_STALE seconds): no visitor waits behind another's Trino query, and each answer reaches
-Superset once per period per worker. Without any answer yet, identical requests wait for the
-one in flight instead of all reaching Superset.
+0 turns this off), at the cost of that much more staleness. Once it is older, it is still the
+answer while a thread of its own asks Superset again (stale-while-revalidate, for at most
+MAX_STALE seconds): measured, a refresh that waits for Trino in a request thread holds one of
+gunicorn's few threads for up to a second, and every visitor queues behind them. Each answer
+reaches Superset about once per period per worker. Without any answer yet, identical requests
+wait for the one in flight instead of all reaching Superset.
 
-Only answers Superset gave with 200 are kept, so nothing refused (403, 429) is ever replayed;
-Set-Cookie is never replayed; requests from a logged-in session or with an Authorization header
-pass straight through. Each worker keeps at most MAX_BYTES of answers.
+A 403 is kept too: the public view refuses the same body to every anonymous visitor, and
+replaying the refusal keeps a client repeating a forced or ad-hoc request from taking Superset's
+threads (measured: 50 of them starved 200 viewers). Other answers (429 is per address, 400 and
+500 may pass) are never kept, nor is Set-Cookie. At most MAX_ASKING anonymous requests per worker
+wait for Superset in request threads at once; one more is answered 429 at once ("busy"), so
+clients sending ever-new requests can't hold every thread either while viewers are answered from
+here. Requests from a logged-in session or with an Authorization header pass straight through.
+Each worker keeps at most MAX_BYTES of answers.
 """
 
 from __future__ import annotations
@@ -32,6 +38,18 @@ MAX_BODY = 64 * 1024
 MAX_BYTES = 32 * 1024 * 1024
 #: An answer older than this (Superset failing to answer again, say) is never replayed.
 MAX_STALE = 30.0
+#: Background refreshes at once per worker (beyond, a stale answer waits for the next request).
+MAX_REFRESHERS = 4
+#: Anonymous requests per worker asking Superset from a request thread at once (gunicorn runs 4
+#: threads: the others stay free for answers from here, measured under 50 abusive clients).
+MAX_ASKING = 1
+#: Answers the same for every anonymous visitor: the chart's data, the public view's refusal.
+KEPT = ("200 ", "403 ")
+BUSY = (
+    "429 TOO MANY REQUESTS",
+    [("Content-Type", "application/json"), ("Retry-After", "1")],
+    b'{"message": "The public dashboard is busy: try again in a moment."}',
+)
 
 StartResponse = Callable[..., Any]
 
@@ -45,6 +63,8 @@ class PublicChartCache:
         self.size = 0
         self.lock = threading.Lock()
         self.in_flight: dict[bytes, threading.Lock] = {}
+        self.refreshers = threading.BoundedSemaphore(MAX_REFRESHERS)
+        self.asking = threading.BoundedSemaphore(MAX_ASKING)
 
     def cacheable(self, environ: dict) -> bool:
         try:
@@ -97,24 +117,52 @@ class PublicChartCache:
             return self.replay(found[1], start_response)
         with self.lock:
             flight = self.in_flight.setdefault(key, threading.Lock())
-        if found and not flight.acquire(blocking=False):
-            return self.replay(found[1], start_response)  # stale, and someone is asking already
-        if not found:
-            flight.acquire()
+        if found:
+            # Stale: answer with it now; one refresh runs beside, on a thread of its own, so that
+            # no request thread waits for Trino while answers are at hand.
+            if self.refreshers.acquire(blocking=False):
+                if flight.acquire(blocking=False):
+                    copy = {**environ, "wsgi.input": io.BytesIO(body)}
+                    threading.Thread(target=self.refresh, args=(key, copy, flight), daemon=True).start()
+                else:
+                    self.refreshers.release()
+            return self.replay(found[1], start_response)
+        flight.acquire()  # nothing to answer with yet: wait for the request in flight
+        again = self.lookup(key)
+        if again and again[0]:
+            self._land(key, flight)
+            return self.replay(again[1], start_response)
+        if not self.asking.acquire(blocking=False):
+            self._land(key, flight)
+            return self.replay(BUSY, start_response)
         try:
-            again = self.lookup(key)
-            if again and again[0]:
-                return self.replay(again[1], start_response)
-            status, headers, answer = self.call(environ)
-            if status.startswith("200 "):
-                self.store(key, status, [(k, v) for k, v in headers if k.lower() != "set-cookie"], answer)
+            status, headers, answer = self.fetch(key, environ, flight)
         finally:
-            flight.release()
-            with self.lock:  # keep the map as small as the requests in flight
-                if not flight.locked():
-                    self.in_flight.pop(key, None)
+            self.asking.release()
         start_response(status, headers)
         return [answer]
+
+    def refresh(self, key: bytes, environ: dict, flight: threading.Lock) -> None:
+        try:
+            self.fetch(key, environ, flight)
+        finally:
+            self.refreshers.release()
+
+    def fetch(self, key: bytes, environ: dict, flight: threading.Lock) -> tuple[str, list[tuple[str, str]], bytes]:
+        """Asks Superset (the flight is held), keeps a 200 answer, lands the flight."""
+        try:
+            status, headers, answer = self.call(environ)
+            if status.startswith(KEPT):
+                self.store(key, status, [(k, v) for k, v in headers if k.lower() != "set-cookie"], answer)
+            return status, headers, answer
+        finally:
+            self._land(key, flight)
+
+    def _land(self, key: bytes, flight: threading.Lock) -> None:
+        flight.release()
+        with self.lock:  # keep the map as small as the requests in flight
+            if not flight.locked():
+                self.in_flight.pop(key, None)
 
     def call(self, environ: dict) -> tuple[str, list[tuple[str, str]], bytes]:
         seen: dict[str, Any] = {}

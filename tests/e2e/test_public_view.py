@@ -292,12 +292,25 @@ def test_public_chart_costs_trino_at_most_one_query_per_worker_for_many_visitors
 
 
 def test_anonymous_chart_data_beyond_the_limit_gets_429(visitor, dashboard, charts, env):
-    """Refused requests count too: an abusive client is cut off after the limit, whatever it asks."""
-    body = dashboard_request(charts[TOP_USERS], dashboard["id"])
-    _metric(body["queries"][0], body)
+    """Refused requests count too: a client sending ever-new ad-hoc queries (a repeated one is
+    answered from the replayed refusal) is cut off after the limit, whatever it asks."""
     limit = per_minute(env["SUPERSET_RATE_LIMIT_CHART_DATA"])
-    statuses = [chart_data(visitor, body)[0] for _ in range(limit + 1)]
+    statuses = []
+    for i in range(limit + 1):
+        body = dashboard_request(charts[TOP_USERS], dashboard["id"])
+        body["queries"][0]["metrics"] = [
+            {"expressionType": "SQL", "sqlExpression": f"count(*) * {i + 2}", "label": "total_events"}
+        ]
+        statuses.append(chart_data(visitor, body)[0])
     assert statuses == [403] * limit + [429]
+
+
+def test_a_repeated_refused_request_is_answered_without_counting(visitor, dashboard, charts, env):
+    """The refusal is replayed like an answer: repeating it costs Superset nothing, and no 429."""
+    body = dashboard_request(charts[TOP_USERS], dashboard["id"])
+    _force(body["queries"][0], body)
+    limit = per_minute(env["SUPERSET_RATE_LIMIT_CHART_DATA"])
+    assert {chart_data(visitor, body)[0] for _ in range(limit + 1)} == {403}
 
 
 def test_logged_in_chart_data_is_not_rate_limited(superset, dashboard, charts, env):

@@ -71,12 +71,39 @@ def test_different_requests_get_their_own_answers():
     assert request(cache, BODY)[2] != request(cache, BODY.replace(b"events", b"users"))[2]
 
 
-@pytest.mark.parametrize("status", ["403 FORBIDDEN", "429 TOO MANY REQUESTS", "400 BAD REQUEST"])
-def test_an_answer_other_than_200_is_never_replayed(status):
+@pytest.mark.parametrize("status", ["429 TOO MANY REQUESTS", "400 BAD REQUEST", "500 INTERNAL SERVER ERROR"])
+def test_a_per_address_or_passing_answer_is_never_replayed(status):
     app = App(status)
     cache = cache_for(app)
     request(cache), request(cache)
     assert app.calls == 2
+
+
+def test_the_public_views_refusal_is_replayed_like_an_answer():
+    """A client repeating a forced or ad-hoc request gets the same 403 without reaching Superset."""
+    app = App("403 FORBIDDEN")
+    cache = cache_for(app)
+    statuses = {request(cache)[0] for _ in range(10)}
+    assert (statuses, app.calls) == ({"403 FORBIDDEN"}, 1)
+
+
+def test_beyond_the_requests_asking_superset_at_once_a_new_one_is_told_busy():
+    app = App()
+    app.gate = threading.Event()
+    cache = cache_for(app)
+    asking = [
+        threading.Thread(target=request, args=(cache, BODY.replace(b"events", f"m{i}".encode())))
+        for i in range(public_cache.MAX_ASKING)
+    ]
+    for thread in asking:
+        thread.start()
+    while app.calls < public_cache.MAX_ASKING:
+        time.sleep(0.01)
+    status = request(cache, BODY.replace(b"events", b"another"))[0]
+    app.gate.set()
+    for thread in asking:
+        thread.join()
+    assert (status, app.calls) == ("429 TOO MANY REQUESTS", public_cache.MAX_ASKING)
 
 
 def test_a_visitors_cookie_is_never_replayed_to_another():
@@ -106,20 +133,29 @@ def test_zero_seconds_turns_the_replay_off():
     assert app.calls == 2
 
 
-def test_an_expired_answer_is_replayed_while_one_request_asks_again():
+def test_an_expired_answer_is_still_the_answer_while_a_refresh_runs_beside():
     app = App()
     cache = cache_for(app, ttl=0.05)
     request(cache)
     time.sleep(0.1)
-    app.gate = threading.Event()  # the refresh now hangs until released
-    refresher = threading.Thread(target=request, args=(cache,))
-    refresher.start()
+    app.gate = threading.Event()  # the refresh hangs until released: no request may wait for it
+    answers = [request(cache)[2] for _ in range(3)]
     while app.calls < 2:
         time.sleep(0.01)
-    meanwhile = request(cache)[2]
     app.gate.set()
-    refresher.join()
-    assert (meanwhile, app.calls) == (b"1", 2)
+    assert (answers, app.calls) == ([b"1"] * 3, 2)
+
+
+def test_a_refreshed_answer_replaces_the_expired_one():
+    app = App()
+    cache = cache_for(app, ttl=0.05)
+    request(cache)
+    time.sleep(0.1)
+    request(cache)  # stale "1"; the refresh asks for "2"
+    while app.calls < 2:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert request(cache)[2] == b"2"
 
 
 def test_concurrent_first_requests_wait_for_the_one_in_flight():

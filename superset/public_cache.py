@@ -14,12 +14,14 @@ wait for the one in flight instead of all reaching Superset.
 
 A 403 is kept too: the public view refuses the same body to every anonymous visitor, and
 replaying the refusal keeps a client repeating a forced or ad-hoc request from taking Superset's
-threads (measured: 50 of them starved 200 viewers). Other answers (429 is per address, 400 and
-500 may pass) are never kept, nor is Set-Cookie. At most MAX_ASKING anonymous requests per worker
-wait for Superset in request threads at once; one more is answered 429 at once ("busy"), so
-clients sending ever-new requests can't hold every thread either while viewers are answered from
-here. Requests from a logged-in session or with an Authorization header pass straight through.
-Each worker keeps at most MAX_BYTES of answers.
+threads (measured: 50 of them starved 200 viewers). So is a 400 (the chart's query failed, e.g.
+a source down): Superset caches no failure, and every viewer's refresh of a broken chart would
+reach Superset and Trino; the refresh beside retries it each period. 429 (per address) and 5xx
+are never kept, nor is Set-Cookie. At most MAX_ASKING anonymous requests per worker
+ask Superset from request threads at once and MAX_WAITING more wait their turn; one more is
+answered 429 at once ("busy"), so clients sending ever-new requests can't hold every thread
+either while viewers are answered from here. Requests from a logged-in session or with an
+Authorization header pass straight through. Each worker keeps at most MAX_BYTES of answers.
 """
 
 from __future__ import annotations
@@ -40,11 +42,16 @@ MAX_BYTES = 32 * 1024 * 1024
 MAX_STALE = 30.0
 #: Background refreshes at once per worker (beyond, a stale answer waits for the next request).
 MAX_REFRESHERS = 4
-#: Anonymous requests per worker asking Superset from a request thread at once (gunicorn runs 4
-#: threads: the others stay free for answers from here, measured under 50 abusive clients).
+#: Anonymous requests per worker asking Superset from a request thread at once, and waiting to:
+#: gunicorn runs 8 threads, so at least two stay free for answers from here whatever clients
+#: send (measured under 50 abusive clients). A dashboard's first load after a quiet spell asks
+#: for its 8 charts at once (6 at a time from a browser) and waits its turn.
 MAX_ASKING = 1
-#: Answers the same for every anonymous visitor: the chart's data, the public view's refusal.
-KEPT = ("200 ", "403 ")
+MAX_WAITING = 5
+#: Longest a request waits for its turn to ask Superset before it is told busy.
+WAIT_SECONDS = 30.0
+#: Answers the same for every anonymous visitor: the chart's data, its failure, the refusal.
+KEPT = ("200 ", "400 ", "403 ")
 BUSY = (
     "429 TOO MANY REQUESTS",
     [("Content-Type", "application/json"), ("Retry-After", "1")],
@@ -65,6 +72,7 @@ class PublicChartCache:
         self.in_flight: dict[bytes, threading.Lock] = {}
         self.refreshers = threading.BoundedSemaphore(MAX_REFRESHERS)
         self.asking = threading.BoundedSemaphore(MAX_ASKING)
+        self.waiting = 0
 
     def cacheable(self, environ: dict) -> bool:
         try:
@@ -132,7 +140,7 @@ class PublicChartCache:
         if again and again[0]:
             self._land(key, flight)
             return self.replay(again[1], start_response)
-        if not self.asking.acquire(blocking=False):
+        if not self.take_turn():
             self._land(key, flight)
             return self.replay(BUSY, start_response)
         try:
@@ -141,6 +149,20 @@ class PublicChartCache:
             self.asking.release()
         start_response(status, headers)
         return [answer]
+
+    def take_turn(self) -> bool:
+        """A turn to ask Superset: at once, after up to MAX_WAITING others, or not at all (busy)."""
+        if self.asking.acquire(blocking=False):
+            return True
+        with self.lock:
+            if self.waiting >= MAX_WAITING:
+                return False
+            self.waiting += 1
+        try:
+            return self.asking.acquire(timeout=WAIT_SECONDS)
+        finally:
+            with self.lock:
+                self.waiting -= 1
 
     def refresh(self, key: bytes, environ: dict, flight: threading.Lock) -> None:
         try:

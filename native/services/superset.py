@@ -32,7 +32,8 @@ def gunicorn_options(ctx: Context) -> list[str]:
     return [
         "--workers=2",
         "--worker-class=gthread",
-        "--threads=4",
+        # 8: superset/public_cache.py keeps some free for replayed answers whatever clients send
+        "--threads=8",
         f"--timeout={ctx['SUPERSET_GUNICORN_TIMEOUT']}",
         f"--graceful-timeout={ctx['SUPERSET_GUNICORN_TIMEOUT']}",
         f"--keep-alive={ctx['SUPERSET_GUNICORN_KEEPALIVE']}",

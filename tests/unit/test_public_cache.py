@@ -71,39 +71,53 @@ def test_different_requests_get_their_own_answers():
     assert request(cache, BODY)[2] != request(cache, BODY.replace(b"events", b"users"))[2]
 
 
-@pytest.mark.parametrize("status", ["429 TOO MANY REQUESTS", "400 BAD REQUEST", "500 INTERNAL SERVER ERROR"])
-def test_a_per_address_or_passing_answer_is_never_replayed(status):
+@pytest.mark.parametrize("status", ["429 TOO MANY REQUESTS", "500 INTERNAL SERVER ERROR", "503 SERVICE UNAVAILABLE"])
+def test_a_per_address_or_server_failure_answer_is_never_replayed(status):
     app = App(status)
     cache = cache_for(app)
     request(cache), request(cache)
     assert app.calls == 2
 
 
-def test_the_public_views_refusal_is_replayed_like_an_answer():
-    """A client repeating a forced or ad-hoc request gets the same 403 without reaching Superset."""
-    app = App("403 FORBIDDEN")
+@pytest.mark.parametrize("status", ["403 FORBIDDEN", "400 BAD REQUEST"], ids=["refusal", "failed-query"])
+def test_the_public_views_refusal_and_a_failed_query_are_replayed_like_an_answer(status):
+    """A client repeating a forced or ad-hoc request gets the same 403 without reaching Superset;
+    viewers of a chart whose source is down get its 400 without each asking Trino."""
+    app = App(status)
     cache = cache_for(app)
     statuses = {request(cache)[0] for _ in range(10)}
-    assert (statuses, app.calls) == ({"403 FORBIDDEN"}, 1)
+    assert (statuses, app.calls) == ({status}, 1)
 
 
-def test_beyond_the_requests_asking_superset_at_once_a_new_one_is_told_busy():
+def test_beyond_the_requests_asking_and_waiting_their_turn_a_new_one_is_told_busy():
     app = App()
     app.gate = threading.Event()
     cache = cache_for(app)
-    asking = [
-        threading.Thread(target=request, args=(cache, BODY.replace(b"events", f"m{i}".encode())))
-        for i in range(public_cache.MAX_ASKING)
+    queued = public_cache.MAX_ASKING + public_cache.MAX_WAITING
+    threads = [
+        threading.Thread(target=request, args=(cache, BODY.replace(b"events", f"m{i}".encode()))) for i in range(queued)
     ]
-    for thread in asking:
+    for thread in threads:
         thread.start()
-    while app.calls < public_cache.MAX_ASKING:
+    while app.calls < public_cache.MAX_ASKING or cache.waiting < public_cache.MAX_WAITING:
         time.sleep(0.01)
     status = request(cache, BODY.replace(b"events", b"another"))[0]
     app.gate.set()
-    for thread in asking:
+    for thread in threads:
         thread.join()
-    assert (status, app.calls) == ("429 TOO MANY REQUESTS", public_cache.MAX_ASKING)
+    assert (status, app.calls) == ("429 TOO MANY REQUESTS", queued)
+
+
+def test_a_request_waiting_its_turn_gets_its_answer():
+    app = App()
+    app.gate = threading.Event()
+    cache = cache_for(app)
+    first = threading.Thread(target=request, args=(cache, BODY.replace(b"events", b"first")))
+    first.start()
+    while app.calls < 1:
+        time.sleep(0.01)
+    threading.Timer(0.2, app.gate.set).start()
+    assert request(cache)[0] == "200 OK"
 
 
 def test_a_visitors_cookie_is_never_replayed_to_another():

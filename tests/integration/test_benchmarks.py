@@ -50,6 +50,18 @@ BENCHMARKS = {
             rf"Superset RSS .* +{NUMBER} MiB$",
         ],
     ),
+    "public_load": (
+        ["--viewers", "3", "--abusers", "2", "--seconds", "10", "--baseline-seconds", "5", "--refresh", "2"],
+        [
+            rf"baseline: 3 viewers' chart data, p50 / p95 / max +{NUMBER} ms / {NUMBER} ms / {NUMBER} ms",
+            rf"load: 3 viewers' chart data, p50 / p95 / max +{NUMBER} ms / {NUMBER} ms / {NUMBER} ms",
+            r"load: viewers' answers by status +\S",
+            r"load: 2 abusive clients' answers by status +\S",
+            rf"load: Trino queries from user superset per minute +{NUMBER}$",
+            rf"load: Superset CPU \(cores\) / peak RSS +{NUMBER} / {NUMBER} MiB$",
+            rf"load: Trino CPU \(cores\) / peak RSS +{NUMBER} / {NUMBER} MiB$",
+        ],
+    ),
     "soak": (
         ["--rate", "200", "--minutes", "0.5", "--sample-seconds", "10", "--warmup", "5", "--users", "100"],
         [

@@ -8,10 +8,12 @@ import sys
 # rules for the public view, the rate-limit storage.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rate_limits  # noqa: E402,F401  (registers the ratelimit+postgresql storage scheme)
+from metadata_db import metadata_db_uri  # noqa: E402
 from security import PublicDashboardSecurityManager, mutate_app  # noqa: E402
 
 SECRET_KEY = os.environ["SUPERSET_SECRET_KEY"]  # Superset refuses to start with its sample key
-SQLALCHEMY_DATABASE_URI = os.environ["SUPERSET_METADATA_DB_URI"]  # SUPERSET_DB in the stack's Postgres
+# SUPERSET_DB in the stack's Postgres, the URL built from its parts with each one percent-encoded
+SQLALCHEMY_DATABASE_URI = metadata_db_uri()
 SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
 
 # Behind the cloudflared tunnel (or any one reverse proxy): trust the one hop's X-Forwarded-For (the

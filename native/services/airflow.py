@@ -98,6 +98,8 @@ class AirflowService(Service):
             "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
+            # the served task logs and their fetcher sign with it: one value for every process
+            "AIRFLOW__API__SECRET_KEY": ctx["AIRFLOW_SECRET_KEY"],
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
             ),

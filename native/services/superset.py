@@ -11,7 +11,6 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
 
 from native.context import Context
 from native.services.base import Program, Service
@@ -62,16 +61,16 @@ class SupersetService(Service):
 
     def env(self, ctx: Context) -> dict[str, str]:
         """What superset_config.py and bootstrap.sh read; compose's x-superset-env sets the same."""
-        metadata = (
-            f"postgresql+psycopg2://{quote(ctx['SUPERSET_DB_USER'], safe='')}:"
-            f"{quote(ctx['SUPERSET_DB_PASSWORD'], safe='')}@{ctx['POSTGRES_HOST']}:{ctx['POSTGRES_PORT']}/"
-            f"{ctx['SUPERSET_DB']}"
-        )
         env = {
             "SUPERSET_CONFIG_PATH": str(SUPERSET / "superset_config.py"),
             "SUPERSET_HOME": str(self.home(ctx)),
             "SUPERSET_SECRET_KEY": ctx["SUPERSET_SECRET_KEY"],
-            "SUPERSET_METADATA_DB_URI": metadata,
+            # superset_config.py builds the metadata URL from these (superset/metadata_db.py)
+            "SUPERSET_DB_USER": ctx["SUPERSET_DB_USER"],
+            "SUPERSET_DB_PASSWORD": ctx["SUPERSET_DB_PASSWORD"],
+            "SUPERSET_DB": ctx["SUPERSET_DB"],
+            "POSTGRES_HOST": ctx["POSTGRES_HOST"],
+            "POSTGRES_PORT": ctx["POSTGRES_PORT"],
             "SUPERSET_ADMIN_USER": ctx["SUPERSET_ADMIN_USER"],
             "SUPERSET_ADMIN_PASSWORD": ctx["SUPERSET_ADMIN_PASSWORD"],
             "TRINO_HOST": ctx["TRINO_HOST"],

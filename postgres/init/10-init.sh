@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
 # Creates the least-privilege roles, the metadata databases and the `streaming` schema.
 #
-# Run once on a new data directory, by the official postgres image (this folder is mounted
-# at /docker-entrypoint-initdb.d) and by the native `./stack up postgres`, with the same
-# environment (.env) in both. Safe to run again: every statement is idempotent.
+# Run on every start by compose's postgres-init job (this folder is mounted at /init; it connects
+# over TCP to the postgres service, PGHOST/PGPORT) and by the native `./stack up postgres`, with the
+# same environment (.env) in both. Safe to run again: every statement is idempotent.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# Wait for the server to accept TCP connections: on a new volume the postgres image first runs a
+# temporary server on its Unix socket only (initdb), then restarts; a healthcheck may pass in
+# between. Up to POSTGRES_INIT_WAIT seconds (default 60), then fail with pg_isready's answer.
+wait_for_postgres() {
+  local deadline=$((SECONDS + ${POSTGRES_INIT_WAIT:-60})) answer
+  until answer="$(pg_isready -h "${PGHOST:-127.0.0.1}" -p "${PGPORT:-5432}" -d "$POSTGRES_DB" -t 2 2>&1)"; do
+    if ((SECONDS >= deadline)); then
+      echo "postgres-init: Postgres at ${PGHOST:-127.0.0.1}:${PGPORT:-5432} not accepting connections after ${POSTGRES_INIT_WAIT:-60} s: $answer" >&2
+      return 1
+    fi
+    sleep 1
+  done
+}
+wait_for_postgres
 
 run_sql() {
   psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname "$1" \

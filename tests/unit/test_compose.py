@@ -661,6 +661,88 @@ def test_guard_refuses_the_development_defaults_from_env(services):
     assert result.returncode == 1 and "POSTGRES_PASSWORD is still a development default" in result.stderr
 
 
+# --- first-run order and state: what the official images' own logic does with this file --------------
+
+
+def healthcheck_command(service: dict) -> str:
+    test = service["healthcheck"]["test"]
+    return test if isinstance(test, str) else " ".join(test[1:]) if test[0] == "CMD-SHELL" else shlex.join(test[1:])
+
+
+def test_postgres_is_healthy_only_once_it_accepts_tcp(services):
+    assert re.search(r"pg_isready -h 127\.0\.0\.1 -p 5432\b", healthcheck_command(services["postgres"]))
+
+
+INIT_SCRIPT = ROOT / "postgres" / "init" / "10-init.sh"
+
+
+def run_init_script(tmp_path: Path, env: dict[str, str], refusals: int, wait: int = 20):
+    """10-init.sh with stand-ins for pg_isready and psql: the server refuses TCP `refusals` times
+    (the image's temporary socket-only server, then its restart), then accepts."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "pg_isready").write_text(
+        "#!/bin/bash\n"
+        f'echo "pg_isready $*" >> {calls}\n'
+        f"n=$(grep -c ^pg_isready {calls})\n"
+        f'if [ "$n" -le {refusals} ]; then echo "$PGHOST:$PGPORT - no response"; exit 2; fi\n'
+        'echo "$PGHOST:$PGPORT - accepting connections"\n'
+    )
+    (bin_dir / "psql").write_text(
+        "#!/bin/bash\n"
+        f"n=$(grep -c ^pg_isready {calls})\n"
+        f'if [ "$n" -le {refusals} ]; then echo "psql: connection refused" >&2; exit 2; fi\n'
+        f'echo "psql $*" >> {calls}\n'
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    proc_env = {
+        **env,
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PGHOST": "postgres",
+        "PGPORT": "5432",
+        "POSTGRES_INIT_WAIT": str(wait),
+    }
+    result = subprocess.run(["bash", str(INIT_SCRIPT)], env=proc_env, capture_output=True, text=True, timeout=60)
+    return result, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_postgres_init_waits_until_postgres_accepts_tcp(tmp_path, env):
+    """postgres-init may start while the image's temporary initdb server listens on its socket only:
+    the script waits (and retries) until the server it was given answers over TCP."""
+    result, calls = run_init_script(tmp_path, env, refusals=2)
+    assert result.returncode == 0, result.stderr
+    asked = [c for c in calls if c.startswith("pg_isready")]
+    assert len(asked) == 3 and all("-h postgres -p 5432" in c for c in asked)
+    assert [c.split()[-1].rsplit("/", 1)[-1] for c in calls if c.startswith("psql")] == [
+        "roles.sql",
+        "streaming.sql",
+        "grants.sql",
+    ]
+
+
+def test_postgres_init_gives_up_with_the_address_it_waited_for(tmp_path, env):
+    result, calls = run_init_script(tmp_path, env, refusals=1000, wait=2)
+    assert result.returncode == 1
+    assert "Postgres at postgres:5432 not accepting connections after 2 s" in result.stderr
+    assert not [c for c in calls if c.startswith("psql")]
+
+
+def test_postgres_init_comment_says_where_compose_mounts_it(services):
+    text = INIT_SCRIPT.read_text()
+    assert "/docker-entrypoint-initdb.d" not in text
+    assert ("postgres/init", "/init") in bind_mounts(services["postgres-init"]) and "mounted at /init" in text
+
+
+def test_postgres_shared_memory_holds_dbts_work_mem(services):
+    """Parallel query workers exchange data in /dev/shm (Docker's default: 64 MB); dbt's role may
+    use work_mem per sort or hash, so /dev/shm must hold more than that, several times over."""
+    roles = (ROOT / "postgres/init/sql/roles.sql").read_text()
+    work_mem = max(mebibytes(m.lower()) for m in re.findall(r"SET work_mem = '(\d+[kMG]B)'", roles))
+    assert mebibytes(services["postgres"]["shm_size"]) >= 4 * work_mem
+
+
 # --- one .env: what native mode gives a service, compose gives the same service -----------------------
 
 #: native service module -> the compose services that run the same program(s)

@@ -669,6 +669,37 @@ def healthcheck_command(service: dict) -> str:
     return test if isinstance(test, str) else " ".join(test[1:]) if test[0] == "CMD-SHELL" else shlex.join(test[1:])
 
 
+#: how a healthcheck reaches its server over the network, by the client it runs
+NETWORK_CLIENTS = re.compile(
+    r"(\bpg_isready|\bcurl|\bwget|\burlopen|/kafka-broker-api-versions\.sh|/usr/bin/trino|\bcloudflared tunnel)\b"
+)
+#: healthchecks that do not ask their own server over the network, and why
+NOT_A_NETWORK_PROBE = {
+    # Airflow's own check: the DagProcessorJob's heartbeat in the metadata database (its address is
+    # the metadata URL every Airflow container has)
+    "airflow-dag-processor": "airflow jobs check --job-type DagProcessorJob",
+}
+
+
+def test_every_network_healthcheck_names_the_address_it_must_answer_on(services):
+    """An implicit address answers for the wrong thing: pg_isready without -h asks the Unix socket
+    (where the postgres image's temporary initdb server is ready before TCP is); `localhost` may be
+    ::1 first. Every check that asks a server names 127.0.0.1 (and its port)."""
+    wrong = []
+    for name, service in services.items():
+        if not service.get("healthcheck"):
+            continue
+        command = healthcheck_command(service)
+        if name in NOT_A_NETWORK_PROBE:
+            assert NOT_A_NETWORK_PROBE[name] in command, name
+            continue
+        if not NETWORK_CLIENTS.search(command):
+            wrong.append(f"{name}: unknown kind of check: {command}")
+        elif "localhost" in command or not re.search(r"127\.0\.0\.1(:[\w${}\[\]'\"]+|\s+-p\s+\d+)", command):
+            wrong.append(f"{name}: {command}")
+    assert wrong == []
+
+
 def test_postgres_is_healthy_only_once_it_accepts_tcp(services):
     assert re.search(r"pg_isready -h 127\.0\.0\.1 -p 5432\b", healthcheck_command(services["postgres"]))
 
@@ -741,6 +772,131 @@ def test_postgres_shared_memory_holds_dbts_work_mem(services):
     roles = (ROOT / "postgres/init/sql/roles.sql").read_text()
     work_mem = max(mebibytes(m.lower()) for m in re.findall(r"SET work_mem = '(\d+[kMG]B)'", roles))
     assert mebibytes(services["postgres"]["shm_size"]) >= 4 * work_mem
+
+
+#: the apache/kafka image's data directory: its Dockerfile's `VOLUME` (docker/jvm/Dockerfile)
+KAFKA_IMAGE_DATA_DIR = "/var/lib/kafka/data"
+
+
+def test_kafka_keeps_its_log_on_the_kafka_data_volume(services):
+    """The image writes server.properties from the KAFKA_* variables alone: without KAFKA_LOG_DIRS
+    the log is /tmp/kafka-logs inside the container, lost with it, and the offsets stored in
+    Postgres then point past the end of new, empty topics."""
+    kafka = services["kafka"]
+    assert f"kafka-data:{KAFKA_IMAGE_DATA_DIR}" in kafka["volumes"]
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == KAFKA_IMAGE_DATA_DIR
+
+
+def test_kafka_advertises_the_address_its_port_is_published_on(services, env):
+    kafka = services["kafka"]
+    [published] = kafka["ports"]
+    host_ip, host_port, _ = published.split(":")
+    advertised = dict(item.split("://") for item in kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert advertised["EXTERNAL"] == f"{host_ip}:{host_port}" == f"127.0.0.1:{env['KAFKA_PORT']}"
+
+
+def kafka_lib() -> Path:
+    """The broker's jars native mode downloads (native/services/kafka.py)."""
+    from native.context import Context
+    from native.services.kafka import KafkaService
+
+    return KafkaService().home(Context()) / "lib"
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    return dict(
+        line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#")
+    )
+
+
+@pytest.fixture(scope="module")
+def image_server_properties(services, tmp_path_factory) -> Path:
+    """server.properties as the apache/kafka image writes it from compose's environment: the image's
+    launch script runs `KafkaDockerWrapper setup` (the same class, from the same Kafka version's jars)
+    with its defaults (/etc/kafka/docker), mounted (/mnt/shared/config) and final (/opt/kafka/config)
+    folders. CLUSTER_ID is left out, so the wrapper stops after writing the files and before it
+    formats the log directory (that would be this machine's /var/lib/kafka/data)."""
+    lib = kafka_lib()
+    if not (lib / ".complete").exists():
+        pytest.skip("the Kafka jars are not downloaded (./stack up kafka does it)")
+    folders = tmp_path_factory.mktemp("kafka-image")
+    defaults, mounted, final = (folders / name for name in ("defaults", "mounted", "final"))
+    for folder in (defaults, mounted, final):
+        folder.mkdir()
+    # the image's default (Kafka's config/server.properties) is used only when no KAFKA_* is set
+    (defaults / "server.properties").write_text("process.roles=broker,controller\nlog.dirs=/tmp/kraft-combined-logs\n")
+    environment = {k: str(v) for k, v in services["kafka"]["environment"].items()}
+    result = subprocess.run(
+        [
+            "java",
+            "-Xmx64m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={ROOT / 'native/kafka/log4j2.properties'}",
+            "-cp",
+            f"{lib}/*",
+            "kafka.docker.KafkaDockerWrapper",
+            "setup",
+            f"--default-configs-dir={defaults}",
+            f"--mounted-configs-dir={mounted}",
+            f"--final-configs-dir={final}",
+        ],
+        env={"PATH": "/usr/bin:/bin", **environment},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "CLUSTER_ID environment variable is not set" in result.stderr, result.stdout + result.stderr
+    return final / "server.properties"
+
+
+def test_kafka_image_writes_its_log_directory_onto_the_volume(image_server_properties):
+    props = read_properties(image_server_properties)
+    assert props["log.dirs"] == KAFKA_IMAGE_DATA_DIR
+
+
+def test_kafka_image_config_has_the_listeners_and_quorum_of_the_compose_file(image_server_properties, env):
+    props = read_properties(image_server_properties)
+    assert props["process.roles"] == "broker,controller" and props["node.id"] == "1"
+    assert props["listeners"] == "INTERNAL://:19092,EXTERNAL://:9092,CONTROLLER://:9093"
+    assert props["advertised.listeners"] == f"INTERNAL://kafka:19092,EXTERNAL://127.0.0.1:{env['KAFKA_PORT']}"
+    assert props["controller.listener.names"] == "CONTROLLER"
+    assert props["controller.quorum.voters"] == "1@kafka:9093"
+    assert props["inter.broker.listener.name"] == "INTERNAL"
+    assert props["num.partitions"] == env["KAFKA_PARTITIONS"]
+    # the JVM's options are not broker settings
+    assert not [k for k in props if "opts" in k]
+
+
+def test_kafka_image_config_is_one_the_broker_accepts(image_server_properties, tmp_path):
+    """Kafka's StorageTool validates the whole KafkaConfig before it formats: the image runs it on
+    the same file at every start (here with the log directory moved into a temporary folder)."""
+    props = read_properties(image_server_properties)
+    props["log.dirs"] = str(tmp_path / "data")
+    config = tmp_path / "server.properties"
+    config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    result = subprocess.run(
+        [
+            "java",
+            "-Xmx64m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={ROOT / 'native/kafka/log4j2.properties'}",
+            "-cp",
+            f"{kafka_lib()}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "--cluster-id=5L6g3nShT-eMCtK--X86sw",
+            "-c",
+            str(config),
+        ],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "data" / "meta.properties").exists()
 
 
 # --- one .env: what native mode gives a service, compose gives the same service -----------------------
@@ -891,3 +1047,47 @@ def test_superset_metadata_url_keeps_any_password(service, services, env):
     url = module.metadata_db_uri(environment)
     assert url.startswith("postgresql+psycopg2://") and "@postgres:5432/" in url
     assert_url_keeps_the_password(url, env["SUPERSET_DB_USER"], HOSTILE_PASSWORD, env["SUPERSET_DB"])
+
+
+# --- memory: healthchecks beside the servers ------------------------------------------------------
+
+
+def heap_of(options: str) -> float:
+    """-Xmx of a JVM option string, MiB."""
+    [size] = re.findall(r"-Xmx(\d+[kmgKMG]?)", options)
+    return mebibytes(size.lower())
+
+
+#: service -> how its healthcheck starts a JVM
+JVM_HEALTHCHECKS = {"kafka": "kafka-broker-api-versions.sh", "trino": "-jar /usr/bin/trino"}
+
+
+@pytest.mark.parametrize("service", sorted(JVM_HEALTHCHECKS))
+def test_healthcheck_jvms_run_with_a_small_heap_of_their_own(service, services):
+    """A check's JVM starts beside the server every few seconds: with a small heap, not a default of
+    a quarter of the container's memory, nor the broker's KAFKA_HEAP_OPTS the container has."""
+    command = healthcheck_command(services[service])
+    assert JVM_HEALTHCHECKS[service] in command
+    if service == "kafka":
+        [options] = re.findall(r"KAFKA_HEAP_OPTS='([^']*)'", command)
+    else:
+        options = command.split(" -jar ", 1)[0]
+    assert heap_of(options) <= 64
+
+
+def test_jvm_servers_have_twice_their_heap_as_limit(services):
+    """Off-heap memory (metaspace, code cache, threads, GC, direct buffers) and the check's JVM
+    need room beside the heap: each JVM server's limit is at least twice its largest heap."""
+    heaps = {
+        "kafka": heap_of(services["kafka"]["environment"]["KAFKA_HEAP_OPTS"]),
+        "trino": heap_of((ROOT / "trino/etc/jvm.config").read_text()),
+    }
+    assert {n: mebibytes(services[n]["mem_limit"]) >= 2 * h for n, h in heaps.items()} == dict.fromkeys(heaps, True)
+
+
+def test_a_container_checked_by_the_airflow_cli_has_the_schedulers_memory(services):
+    """`airflow jobs check` is a whole Airflow process beside the one it checks."""
+    checked = [n for n, s in services.items() if s.get("healthcheck") and "airflow " in healthcheck_command(s)]
+    assert checked and {n: services[n]["mem_limit"] for n in checked} == dict.fromkeys(
+        checked, services["airflow-scheduler"]["mem_limit"]
+    )

@@ -6,6 +6,7 @@ It drives the same `./stack` users run; only the ports and the state folder diff
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -16,10 +17,40 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+#: Ports handed out by this process, never handed out twice (a stack binds them minutes later).
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' local ports."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(span: int = 1) -> int:
+    """A loopback port (and the span - 1 after it) free now, below the kernel's ephemeral range.
+
+    A stack binds its ports minutes after choosing them, while its services open hundreds of
+    outgoing connections; a port from the ephemeral range (what binding port 0 gives) may by then
+    be the local end of one of them (measured: the postgres exporter of a soak stack found its
+    port taken). Ports below that range are never given to outgoing connections."""
+    low = _ephemeral_low()
+    floor = 10_000 if low > 20_000 else 1_024
+    while True:
+        port = random.randrange(floor, low - span)
+        block = range(port, port + span)
+        if _GIVEN.intersection(block):
+            continue
+        try:
+            for p in block:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        _GIVEN.update(block)
+        return port
 
 
 class EphemeralStack:
@@ -47,7 +78,7 @@ class EphemeralStack:
             "POSTGRES_EXPORTER_PORT": str(free_port()),
             "PIPELINE_EXPORTER_PORT": str(free_port()),
             # the consumer's members serve metrics from this port up, the producer on its own
-            "CONSUMER_METRICS_PORT": str(free_port()),
+            "CONSUMER_METRICS_PORT": str(free_port(span=8)),
             "PRODUCER_METRICS_PORT": str(free_port()),
             **(extra_env or {}),
         }

@@ -99,7 +99,7 @@ class Pipeline:
             "KAFKA_PARTITIONS": str(PARTITIONS),
             "CONSUMER_BATCH_MAX_MS": "100",
             # Each consumer of the test serves /metrics and /healthz on its own port from here.
-            "CONSUMER_METRICS_PORT": str(free_port()),
+            "CONSUMER_METRICS_PORT": str(free_port(span=8)),
             "CONSUMER_REPLICAS": "8",
         }
         self.topic, self.profiles_topic = self.env["KAFKA_TOPIC"], self.env["KAFKA_PROFILES_TOPIC"]

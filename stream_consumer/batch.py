@@ -1,7 +1,7 @@
 """Pure micro-batch aggregation: messages in, the rows of one Postgres transaction out.
 
 No Kafka client and no Postgres here. A message is anything with Kafka's Message accessors
-(topic(), partition(), offset(), key(), value(), timestamp()), so unit tests pass plain objects.
+(topic(), partition(), offset(), key(), value(), timestamp()): the consumer's, or a `Record`.
 
 No message can make `add` raise: whatever goes wrong while decoding, checking or aggregating one
 message (the contract's InvalidMessage, or any other exception, which would be a bug of ours)
@@ -92,6 +92,44 @@ def _exact(raw: bytes | None, limit: int) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+class Record:
+    """A Kafka message as a plain value, with the accessors of confluent_kafka's Message that
+    Batch.add reads: a dead letter replayed from Postgres, or a test's message. `appended` is when
+    the broker appended it (a LogAppendTime topic); None stands for a producer's create time."""
+
+    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_timestamp")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        appended: dt.datetime | None = None,
+    ) -> None:
+        self._topic, self._partition, self._offset, self._key, self._value = topic, partition, offset, key, value
+        self._timestamp = (LOG_APPEND_TIME, int(appended.timestamp() * 1000)) if appended else (0, -1)
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return self._timestamp
 
 
 def append_time(msg) -> dt.datetime | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import psycopg
 
 from common.settings import Settings
-from stream_consumer.batch import LOG_APPEND_TIME, Batch
+from stream_consumer.batch import Batch, Record
 from stream_consumer.store import write_aggregates
 from stream_consumer.writer import first_line, is_data_error
 
@@ -128,34 +128,6 @@ def purge(dsn: str, older_than_days: int, sel: Selection | None = None) -> int:
                 return deleted
 
 
-class StoredMessage:
-    """A dead letter as the Kafka message it was, for Batch.add."""
-
-    def __init__(self, topic, partition, offset, key, raw_value, kafka_timestamp) -> None:
-        self._topic, self._partition, self._offset = topic, partition, offset
-        self._key = None if key is None else key.encode()
-        self._value = None if raw_value is None else raw_value.encode()
-        self._timestamp = (LOG_APPEND_TIME, int(kafka_timestamp.timestamp() * 1000)) if kafka_timestamp else (0, -1)
-
-    def topic(self):
-        return self._topic
-
-    def partition(self):
-        return self._partition
-
-    def offset(self):
-        return self._offset
-
-    def key(self):
-        return self._key
-
-    def value(self):
-        return self._value
-
-    def timestamp(self):
-        return self._timestamp
-
-
 @dataclass
 class ReplayResult:
     counted: int = 0
@@ -224,7 +196,10 @@ def _replay_rows(conn: psycopg.Connection, settings: Settings, rows: list[tuple]
             counts.not_replayable += 1
             continue
         ids[(topic, partition, offset)] = id_
-        messages.append(StoredMessage(topic, partition, offset, key, raw, kafka_timestamp))
+        key_bytes = None if key is None else key.encode()
+        messages.append(
+            Record(topic, partition, offset, key_bytes, None if raw is None else raw.encode(), kafka_timestamp)
+        )
     batch.add(messages)
     still = batch.dead_letters
     batch.dead_letters = []

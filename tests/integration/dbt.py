@@ -18,7 +18,7 @@ import psycopg
 
 from native.context import Context
 from native.ephemeral import ROOT, EphemeralStack
-from stream_consumer.batch import Batch
+from stream_consumer.batch import Batch, Record
 from stream_consumer.store import Store
 
 TOPIC, PROFILES = "dbt_events", "dbt_profiles"
@@ -70,32 +70,9 @@ class Profile:
         ).encode()
 
 
-class Message:
-    """What Batch.add reads of a Kafka message."""
-
-    def __init__(self, topic: str, offset: int, key: int, value: bytes) -> None:
-        self._topic, self._offset, self._key, self._value = topic, offset, str(key).encode(), value
-
-    def topic(self):
-        return self._topic
-
-    def partition(self):
-        return 0
-
-    def offset(self):
-        return self._offset
-
-    def key(self):
-        return self._key
-
-    def value(self):
-        return self._value
-
-    def timestamp(self):
-        return (0, -1)  # no broker stamp: the batch's clock bounds the event times
-
-    def error(self):
-        return None
+def message(topic: str, offset: int, user_id: int, value: bytes) -> Record:
+    """A Kafka message without a broker stamp: the batch's clock bounds the event times."""
+    return Record(topic, 0, offset, str(user_id).encode(), value)
 
 
 def events(
@@ -136,10 +113,10 @@ class Streaming:
         batch = Batch(TOPIC, PROFILES, 65536)
         messages = []
         for p in profiles:
-            messages.append(Message(PROFILES, self.offsets[PROFILES], p.user_id, p.json()))
+            messages.append(message(PROFILES, self.offsets[PROFILES], p.user_id, p.json()))
             self.offsets[PROFILES] += 1
         for e in new_events:
-            messages.append(Message(TOPIC, self.offsets[TOPIC], e.user_id, e.json()))
+            messages.append(message(TOPIC, self.offsets[TOPIC], e.user_id, e.json()))
             self.offsets[TOPIC] += 1
         batch.add(messages)
         assert not batch.dead_letters, batch.dead_letters[:1]

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.contract import AMOUNT_MAX, BIGINT_MAX, EVENT_TIME_FLOOR
-from stream_consumer.batch import LOG_APPEND_TIME, Batch
+from stream_consumer.batch import Batch, Record
 from stream_consumer.store import Store
 from stream_consumer.writer import Health, Writer
 from tests.integration.dbt import PROFILES, TOPIC, Dbt, Event, differences, expected_marts, marts
@@ -24,31 +24,6 @@ from tests.strategies import hostile_events
 
 ARRIVED = dt.datetime.now(dt.UTC).replace(microsecond=0)
 LATEST = ARRIVED + dt.timedelta(minutes=5)  # the default CONSUMER_MAX_FUTURE_SKEW
-
-
-class Message:
-    """A Kafka message the broker stamped at ARRIVED."""
-
-    def __init__(self, offset: int, key: bytes | None, value: bytes | None, topic: str = TOPIC) -> None:
-        self._offset, self._key, self._value, self._topic = offset, key, value, topic
-
-    def topic(self):
-        return self._topic
-
-    def partition(self):
-        return 0
-
-    def offset(self):
-        return self._offset
-
-    def key(self):
-        return self._key
-
-    def value(self):
-        return self._value
-
-    def timestamp(self):
-        return (LOG_APPEND_TIME, int(ARRIVED.timestamp() * 1000))
 
 
 class Feed:
@@ -68,7 +43,7 @@ class Feed:
 
     def write(self, pairs: list[tuple[bytes | None, bytes | None]]) -> None:
         batch = Batch(TOPIC, PROFILES, 65536)
-        batch.add([Message(self.offset + i, key, value) for i, (key, value) in enumerate(pairs)])
+        batch.add([Record(TOPIC, 0, self.offset + i, key, value, ARRIVED) for i, (key, value) in enumerate(pairs)])
         self.offset += len(pairs)
         start = self.store.load_offsets(list(batch.next_offsets))
         landed = self.writer.commit(batch, start, {})

@@ -8,36 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.contract import Reason
-from stream_consumer.batch import Batch, SessionRow, UserEventRow
+from stream_consumer.batch import Batch, Record, SessionRow, UserEventRow
 from tests.strategies import hostile_events
 
 APPENDED = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 
 
-class Msg:
-    """A Kafka message as the consumer sees it (the accessors of confluent_kafka.Message)."""
-
-    def __init__(self, value, key=None, topic="user_events", partition=0, offset=0, appended=APPENDED):
-        self._v, self._k, self._t, self._p, self._o = value, key, topic, partition, offset
-        self._ts = (2, int(appended.timestamp() * 1000))  # LogAppendTime: the broker's stamp
-
-    def value(self):
-        return self._v
-
-    def key(self):
-        return self._k
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def timestamp(self):
-        return self._ts
+def Msg(value, key=None, topic="user_events", partition=0, offset=0, appended=APPENDED) -> Record:
+    """A Kafka message as the consumer sees it, stamped by the broker at `appended`."""
+    return Record(topic, partition, offset, key, value, appended)
 
 
 S1, S2 = "0c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90", "1c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90"
@@ -124,9 +103,7 @@ def test_invalid_messages_become_dead_letters_and_still_advance_the_offset():
 
 
 def test_a_key_that_is_not_the_user_id_is_a_dead_letter():
-    msg = event(user_id=7)
-    msg._k = b"8"
-    b = batch_of(msg)
+    b = batch_of(Msg(event(user_id=7).value(), b"8"))
     assert "not the event's user_id 7" in b.dead_letters[0].error
     assert b.user_events == {}
 
@@ -166,7 +143,7 @@ def test_event_time_is_bounded_by_the_brokers_stamp_plus_the_skew():
 
 def test_without_a_broker_stamp_the_batchs_clock_is_the_reference():
     msg = event(at="2026-11-22T12:00:00Z")
-    msg._ts = (1, int(dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp() * 1000))  # a producer's create time
+    msg._timestamp = (1, int(dt.datetime(9999, 1, 1, tzinfo=dt.UTC).timestamp() * 1000))  # a producer's create time
     b = Batch(
         "user_events", "user_profiles", 65536, wall_clock=dt.datetime(2026, 11, 22, 11, tzinfo=dt.UTC).timestamp()
     )

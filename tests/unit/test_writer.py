@@ -9,41 +9,22 @@ import psycopg
 import pytest
 
 from common.contract import Reason
-from stream_consumer.batch import Batch
+from stream_consumer.batch import Batch, Record
 from stream_consumer.writer import Health, Writer, is_data_error
 
-APPENDED = (2, int(dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC).timestamp() * 1000))
+APPENDED = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
 
 
-class Msg:
-    def __init__(self, offset: int, user_id: int) -> None:
-        self._offset, self._user = offset, user_id
-
-    def topic(self):
-        return "user_events"
-
-    def partition(self):
-        return 0
-
-    def offset(self):
-        return self._offset
-
-    def key(self):
-        return str(self._user).encode()
-
-    def value(self):
-        body = {
-            "schema_version": 1,
-            "event_id": str(uuid.uuid4()),
-            "event_type": "view",
-            "user_id": self._user,
-            "session_id": str(uuid.uuid4()),
-            "occurred_at": "2026-11-22T11:59:00Z",
-        }
-        return json.dumps(body).encode()
-
-    def timestamp(self):
-        return APPENDED
+def message(offset: int, user_id: int) -> Record:
+    body = {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "event_type": "view",
+        "user_id": user_id,
+        "session_id": str(uuid.uuid4()),
+        "occurred_at": "2026-11-22T11:59:00Z",
+    }
+    return Record("user_events", 0, offset, str(user_id).encode(), json.dumps(body).encode(), APPENDED)
 
 
 class Store:
@@ -71,7 +52,7 @@ class Store:
 
 def batch(*users: int) -> Batch:
     b = Batch("user_events", "user_profiles", 65536)
-    b.add([Msg(i, u) for i, u in enumerate(users)])
+    b.add([message(i, u) for i, u in enumerate(users)])
     return b
 
 

@@ -77,17 +77,9 @@ def sample(stack: EphemeralStack, ctx: Context, dsn: str) -> Sample:
     return Sample(time.time(), lag, consumer_rss_mib(ctx), table_stats(dsn), disk_mib(str(stack.state)))
 
 
-def dag_runs(ctx: Context, since: float) -> list[tuple[str, float, float | None]]:
+def dag_runs(stack: EphemeralStack, since: float) -> list[tuple[str, float, float | None]]:
     """(state, run seconds, dbt_build task seconds) of the dbt DAG's runs that started in the soak."""
-    env = ctx.env
-    dsn = psycopg.conninfo.make_conninfo(
-        host=env["POSTGRES_HOST"],
-        port=env["POSTGRES_PORT"],
-        dbname=env["AIRFLOW_DB"],
-        user=env["AIRFLOW_DB_USER"],
-        password=env["AIRFLOW_DB_PASSWORD"],
-    )
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(stack.airflow_dsn()) as conn:
         rows = conn.execute(
             """SELECT r.state, extract(epoch FROM r.end_date - r.start_date), max(t.duration)
                FROM dag_run r LEFT JOIN task_instance t ON t.dag_id = r.dag_id AND t.run_id = r.run_id
@@ -154,7 +146,7 @@ def main() -> None:
                 break
             time.sleep(max(0.0, min(args.sample_seconds, t0 + args.minutes * 60 - time.time())))
         elapsed = samples[-1].at - samples[0].at
-        runs = dag_runs(ctx, t0)
+        runs = dag_runs(stack, t0)
         alerts = alerts_fired(ctx.env, time.time() - t0)
         print(f"\nload average {os.getloadavg()[0]:.1f}; {len(samples)} samples over {elapsed / 60:.1f} minutes")
         lags = [s.lag for s in samples if s.lag == s.lag]  # NaN: Prometheus had no sample yet

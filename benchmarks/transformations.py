@@ -294,15 +294,7 @@ def bench_freshness(rate: int, minutes: float) -> list[tuple[str, str]]:
 
 def dag_run_summary(stack: EphemeralStack) -> str:
     """States and durations of the analytics DAG's runs, from Airflow's metadata database."""
-    env = {**Context().env, **stack.env}
-    dsn = psycopg.conninfo.make_conninfo(
-        host=env["POSTGRES_HOST"],
-        port=env["POSTGRES_PORT"],
-        dbname=env["AIRFLOW_DB"],
-        user=env["AIRFLOW_DB_USER"],
-        password=env["AIRFLOW_DB_PASSWORD"],
-    )
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(stack.airflow_dsn()) as conn:
         rows = conn.execute(
             """SELECT state, extract(epoch FROM end_date - start_date),
                       extract(epoch FROM start_date - coalesce(run_after, logical_date))

@@ -110,15 +110,18 @@ class EphemeralStack:
         shutil.rmtree(self.state, ignore_errors=True)
 
     def owner_dsn(self) -> str:
+        return self._dsn("POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD")
+
+    def airflow_dsn(self) -> str:
+        """Airflow's metadata database (DAG runs, task instances), as its own user."""
+        return self._dsn("AIRFLOW_DB", "AIRFLOW_DB_USER", "AIRFLOW_DB_PASSWORD")
+
+    def _dsn(self, db: str, user: str, password: str) -> str:
         from psycopg.conninfo import make_conninfo
 
         from native.context import merged_env
 
         env = {**merged_env(), **self.env}
         return make_conninfo(
-            host=env["POSTGRES_HOST"],
-            port=env["POSTGRES_PORT"],
-            dbname=env["POSTGRES_DB"],
-            user=env["POSTGRES_USER"],
-            password=env["POSTGRES_PASSWORD"],
+            host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env[db], user=env[user], password=env[password]
         )

@@ -1030,7 +1030,7 @@ def test_airflow_metadata_url_keeps_any_password(raw, env):
                 [sys.executable, *argv[1:]], env=environment, capture_output=True, text=True, timeout=30
             )
             assert result.returncode == 0, result.stderr
-            urls.add(result.stdout.strip())
+            urls.add(result.stdout)  # Airflow takes the output as is: no newline after the URL
     [url] = urls
     assert url.startswith("postgresql+psycopg://") and "@postgres:5432/" in url
     assert_url_keeps_the_password(url, "air:flow@", HOSTILE_PASSWORD, env["AIRFLOW_DB"])

@@ -1047,6 +1047,15 @@ def test_superset_metadata_url_keeps_any_password(service, services, env):
     url = module.metadata_db_uri(environment)
     assert url.startswith("postgresql+psycopg2://") and "@postgres:5432/" in url
     assert_url_keeps_the_password(url, env["SUPERSET_DB_USER"], HOSTILE_PASSWORD, env["SUPERSET_DB"])
+    # the rate limits' storage connects with the same URL through libpq (superset/rate_limits.py)
+    import psycopg
+
+    libpq = psycopg.conninfo.conninfo_to_dict(url.replace("postgresql+psycopg2://", "postgresql://", 1))
+    assert (libpq["user"], libpq["password"], libpq["dbname"]) == (
+        env["SUPERSET_DB_USER"],
+        HOSTILE_PASSWORD,
+        env["SUPERSET_DB"],
+    )
 
 
 # --- memory: healthchecks beside the servers ------------------------------------------------------

@@ -106,6 +106,8 @@ def _refusal(exc: Exception) -> InvalidMessage:
         return InvalidMessage(Reason.CONTRACT, str(exc))
     if isinstance(exc, RecursionError):  # msgspec recurses per nesting level: `[[[[...` exhausts the stack
         return InvalidMessage(Reason.MALFORMED, "JSON nested too deeply")
+    if isinstance(exc, UnicodeDecodeError):  # msgspec's answer to a string that is not UTF-8
+        return InvalidMessage(Reason.MALFORMED, f"not UTF-8: {exc}")
     return InvalidMessage(Reason.MALFORMED, str(exc))
 
 
@@ -145,7 +147,7 @@ def decode_event(value: bytes | None, max_bytes: int, latest: float) -> tuple[Ev
         _check_size(value, max_bytes, "empty message (null value)")
     try:
         event = _event_decoder.decode(value)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise _refusal(exc) from None
     ts = event.occurred_at.timestamp()
     if ts < _FLOOR_EPOCH or ts > latest:
@@ -161,7 +163,7 @@ def decode_profile(value: bytes | None, max_bytes: int, latest: float) -> UserPr
     _check_size(value, max_bytes, "tombstone (null value): profile deletion is not part of the contract")
     try:
         profile = _profile_decoder.decode(value)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise _refusal(exc) from None
     check_time("updated_at", profile.updated_at, latest)
     return profile

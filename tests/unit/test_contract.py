@@ -145,6 +145,15 @@ def test_json_nested_deeper_than_the_stack_is_refused_as_malformed():
         decode_event(b'{"a":' * 10_000 + b"1" + b"}" * 10_000, 65536, LATEST_TS)
 
 
+def test_a_string_that_is_not_utf8_is_refused_as_malformed():
+    raw = encode(page="/products/17").replace(b"/products/17", b"\x80/products/17")
+    with pytest.raises(InvalidMessage, match="not UTF-8") as refused:
+        decode_event(raw, 65536, LATEST_TS)
+    assert refused.value.reason == Reason.MALFORMED
+    with pytest.raises(InvalidMessage, match="not UTF-8"):
+        decode_profile(encode_profile().replace(b'"name": "', b'"name": "\xff'), 65536, LATEST_TS)
+
+
 def test_null_value_is_refused():
     with pytest.raises(InvalidMessage, match="null value"):
         decode_event(None, 1000, LATEST_TS)

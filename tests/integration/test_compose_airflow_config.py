@@ -4,13 +4,11 @@ user and password full of URL delimiters, and the one `[api] secret_key` of .env
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
 import yaml
 
 from native.context import ROOT, Context
@@ -28,12 +26,8 @@ print(json.dumps({
 
 
 def airflow_venv() -> Path:
-    """The virtualenv `./stack up airflow` installs (native/context.py's Context.venv names it)."""
-    lock = ROOT / "airflow" / "requirements.lock.txt"
-    venv = Context().cache / "venvs" / f"airflow-{hashlib.sha256(lock.read_bytes()).hexdigest()[:12]}"
-    if not (venv / ".complete").exists():
-        pytest.skip(f"no Airflow virtualenv at {venv} (./stack up airflow installs it)")
-    return venv
+    """The virtualenv `./stack up airflow` uses, installed if missing (once per machine)."""
+    return Context().venv("airflow", ROOT / "airflow" / "requirements.lock.txt")
 
 
 def test_airflow_reads_the_compose_metadata_url_and_secret_key(tmp_path):

@@ -796,11 +796,14 @@ def test_kafka_advertises_the_address_its_port_is_published_on(services, env):
 
 
 def kafka_lib() -> Path:
-    """The broker's jars native mode downloads (native/services/kafka.py)."""
+    """The broker's jars native mode downloads (native/services/kafka.py), downloaded if missing
+    (once per machine, into the cache `./stack up kafka` uses)."""
     from native.context import Context
     from native.services.kafka import KafkaService
 
-    return KafkaService().home(Context()) / "lib"
+    ctx, kafka = Context(), KafkaService()
+    kafka.install(ctx)
+    return kafka.home(ctx) / "lib"
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -817,8 +820,6 @@ def image_server_properties(services, tmp_path_factory) -> Path:
     folders. CLUSTER_ID is left out, so the wrapper stops after writing the files and before it
     formats the log directory (that would be this machine's /var/lib/kafka/data)."""
     lib = kafka_lib()
-    if not (lib / ".complete").exists():
-        pytest.skip("the Kafka jars are not downloaded (./stack up kafka does it)")
     folders = tmp_path_factory.mktemp("kafka-image")
     defaults, mounted, final = (folders / name for name in ("defaults", "mounted", "final"))
     for folder in (defaults, mounted, final):

@@ -806,6 +806,19 @@ def kafka_lib() -> Path:
     return kafka.home(ctx) / "lib"
 
 
+def kafka_java(lib: Path) -> list[str]:
+    """A small, quick JVM on the broker's jars, for one of Kafka's command-line classes."""
+    return [
+        "java",
+        "-Xmx64m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        f"-Dlog4j2.configurationFile={ROOT / 'native/kafka/log4j2.properties'}",
+        "-cp",
+        f"{lib}/*",
+    ]
+
+
 def read_properties(path: Path) -> dict[str, str]:
     return dict(
         line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#")
@@ -829,13 +842,7 @@ def image_server_properties(services, tmp_path_factory) -> Path:
     environment = {k: str(v) for k, v in services["kafka"]["environment"].items()}
     result = subprocess.run(
         [
-            "java",
-            "-Xmx64m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={ROOT / 'native/kafka/log4j2.properties'}",
-            "-cp",
-            f"{lib}/*",
+            *kafka_java(lib),
             "kafka.docker.KafkaDockerWrapper",
             "setup",
             f"--default-configs-dir={defaults}",
@@ -878,13 +885,7 @@ def test_kafka_image_config_is_one_the_broker_accepts(image_server_properties, t
     config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     result = subprocess.run(
         [
-            "java",
-            "-Xmx64m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={ROOT / 'native/kafka/log4j2.properties'}",
-            "-cp",
-            f"{kafka_lib()}/*",
+            *kafka_java(kafka_lib()),
             "kafka.tools.StorageTool",
             "format",
             "--cluster-id=5L6g3nShT-eMCtK--X86sw",

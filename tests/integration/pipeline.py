@@ -61,6 +61,27 @@ def malformed(rng: random.Random, valid: bytes) -> tuple[bytes | None, bytes | N
     return key, json.dumps(event).encode(), f"kind {kind}"
 
 
+class Background:
+    """`work()` on a thread; `join()` waits for it and raises what it raised."""
+
+    def __init__(self, work) -> None:
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - handed to join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise AssertionError(f"the background producer failed: {self.error!r}") from self.error
+
+
 @dataclass
 class Sent:
     """What the producer delivered, as the tables must show it."""
@@ -255,10 +276,8 @@ class Pipeline:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
-    def produce_in_background(self, **kwargs) -> threading.Thread:
-        thread = threading.Thread(target=self.produce, kwargs=kwargs, daemon=True)
-        thread.start()
-        return thread
+    def produce_in_background(self, **kwargs) -> Background:
+        return Background(lambda: self.produce(**kwargs))
 
     # --- checking ----------------------------------------------------------------------------
     def stored_offsets(self) -> dict[str, int]:
@@ -295,7 +314,19 @@ class Pipeline:
             if all(got.get(t, 0) >= n for t, n in want.items() if n):
                 return
             time.sleep(0.25)
-        raise AssertionError(f"not consumed within {timeout} s: stored {self.stored_offsets()}, sent {want}")
+        raise AssertionError(
+            f"not consumed within {timeout} s: stored {self.stored_offsets()}, sent {want}\n{self.describe_consumers()}"
+        )
+
+    def describe_consumers(self) -> str:
+        """Each consumer's state and the end of its log, for a failure message."""
+        parts = []
+        for i, proc in enumerate(self.consumers):
+            code = proc.poll()
+            state = "running" if code is None else f"exited with {code}"
+            tail = (self.logs / f"consumer_{i}.log").read_text(errors="replace").splitlines()[-15:]
+            parts.append(f"consumer {i} ({state}), last lines of its log:\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def query(self, sql: str, *params) -> list[tuple]:
         with psycopg.connect(self.dsn) as conn:

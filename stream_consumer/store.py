@@ -59,7 +59,8 @@ ON CONFLICT (session_id, user_id) DO UPDATE SET
     last_event_at = greatest(t.last_event_at, excluded.last_event_at),
     event_count = t.event_count + excluded.event_count,
     purchase_count = t.purchase_count + excluded.purchase_count,
-    revenue = t.revenue + excluded.revenue
+    revenue = t.revenue + excluded.revenue,
+    written_xid = pg_current_xact_id()
 """
 
 UPSERT_USERS = """

@@ -58,6 +58,19 @@ on conflict (model_name) do update set source_xmin = excluded.source_xmin, built
     coalesce(((({{ xid }}) - ({{ watermark }})) & 4294967295) < 2147483648, true)
 {%- endmacro %}
 
+{#- In an incremental mart reading a source that keeps the writer's transaction id in an indexed
+    xid8 column (streaming.sessions.written_xid): the rows written since its last build, as an index
+    range instead of a scan of the whole table (all rows if none). The 64-bit ids do not wrap. -#}
+{% macro written_since_last_build(xid8_column='written_xid') -%}
+    {{ xid8_column }} >= coalesce({{ last_build_watermark(this) }}::text::xid8, '0'::xid8)
+{%- endmacro %}
+
+{#- In a mart: the id of the build's own transaction (64 bits), kept in a `build_xid` column that
+    its tests then read by index (macros/get_where_subquery.sql). -#}
+{% macro build_xid() -%}
+    pg_current_xact_id()::text::bigint
+{%- endmacro %}
+
 {#- In an incremental mart: the source rows written since its last build (all rows if none). -#}
 {% macro changed_since_last_build(xid_column='source_xid') -%}
     {{ xid_follows_or_equals(xid_column, last_build_watermark(this)) }}

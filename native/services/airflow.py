@@ -22,7 +22,7 @@ from native.services.base import Program, Service
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 #: unpaused on every start (a DAG paused by hand in the UI would otherwise stay paused)
-DAGS = ("analytics_dbt_build", "streaming_source_freshness")
+DAGS = ("analytics_dbt_build", "analytics_reconciliation", "streaming_source_freshness")
 
 
 class AirflowService(Service):

@@ -71,7 +71,14 @@ def dagbag(tmp_path_factory) -> dict:
 
 def test_dags_import_without_errors(dagbag):
     assert dagbag["import_errors"] == {}
-    assert set(dagbag["dags"]) == {"analytics_dbt_build", "streaming_source_freshness"}
+    assert set(dagbag["dags"]) == {"analytics_dbt_build", "analytics_reconciliation", "streaming_source_freshness"}
+
+
+def test_reconciliations_run_in_their_own_dag_not_in_the_every_minute_build(dagbag):
+    dag = dagbag["dags"]["analytics_reconciliation"]
+    assert (dag["schedule"], dag["max_active_runs"], dag["paused_on_creation"]) == ("*/10 * * * *", 1, False)
+    (task,) = dag["tasks"].values()
+    assert 0 < task["execution_timeout"] < dag["dagrun_timeout"] <= timedelta(minutes=10).total_seconds()
 
 
 def test_dbt_build_runs_every_minute_one_run_at_a_time(dagbag):

@@ -35,6 +35,7 @@ BENCHMARKS = {
         [
             rf"20,000 events: first build \(--full-refresh\) +{NUMBER} s$",
             rf"20,000 events: `dbt build` after a minute of traffic +median {NUMBER} s, max {NUMBER} s",
+            rf"20,000 events: the reconciliations \(analytics_reconciliation\) +{NUMBER} s$",
         ],
     ),
     "serving": (

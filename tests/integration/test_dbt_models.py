@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import re
 import sys
 
 import psycopg
@@ -146,6 +147,22 @@ def test_build_without_new_events_changes_nothing(dsn, dbt, streaming):
     with psycopg.connect(dsn) as conn:
         rows = dict(conn.execute("SELECT model_name, source_xmin FROM analytics.dbt_build_watermarks").fetchall())
     assert set(rows) == MARTS
+
+
+def test_the_every_minute_build_leaves_the_reconciliations_to_their_own_dag(dbt):
+    """The DAGs' selector (airflow/dags/dbt_runner/tasks.py): analytics_dbt_build runs every model
+    and every test but the reconciliations; analytics_reconciliation runs those, one per mart."""
+    tasks = (ROOT / "airflow" / "dags" / "dbt_runner" / "tasks.py").read_text()
+    selector = re.search(r'^RECONCILIATION = "([^"]+)"', tasks, re.M).group(1)
+    dbt("build", "--exclude", selector)
+    built = dbt.results()
+    assert {uid.split(".")[-1] for uid in built if uid.startswith("model.")} >= MARTS
+    assert [uid for uid in built if "reconciles_with_source" in uid] == []
+    assert sum(uid.startswith("test.") for uid in built) > 30
+    dbt("test", "--select", selector)
+    reconciled = {uid: status for uid, status in dbt.results().items() if uid.startswith("test.")}
+    assert len(reconciled) == len(MARTS) and all("reconciles_with_source" in uid for uid in reconciled), reconciled
+    assert set(reconciled.values()) == {"pass"}
 
 
 def test_reconciliation_fails_on_a_mart_that_drifted_from_its_source(dsn, dbt):

@@ -1,10 +1,17 @@
-{#- One row per session of a user. Incremental: only sessions written since the last build are merged. -#}
+{#- One row per session of a user. Incremental: only the sessions written since the last build are
+    read (an index range on streaming.sessions.written_xid) and merged; the same transaction keeps
+    the per-user totals that user_engagement reads (macros/user_session_totals.sql). -#}
 {{
     config(
         materialized='incremental',
         unique_key=['session_id', 'user_id'],
-        incremental_strategy='merge',
-        indexes=[{'columns': ['session_id', 'user_id'], 'unique': True}]
+        incremental_strategy='merge_and_total_by_user',
+        indexes=[{'columns': ['session_id', 'user_id'], 'unique': True}],
+        pre_hook="{{ reset_user_session_totals() }}",
+        post_hook=[
+            "{{ sum_user_session_totals_if_empty(this) }}",
+            "create index if not exists sessions_build_xid_idx on {{ this }} (build_xid)",
+        ]
     )
 }}
 
@@ -14,7 +21,7 @@ sessions as (
 
     select * from {{ ref('stg_streaming__sessions') }}
     {% if is_incremental() %}
-    where {{ changed_since_last_build() }}
+    where {{ written_since_last_build() }}
     {% endif %}
 
 ),
@@ -30,7 +37,8 @@ enriched as (
         event_count,
         purchase_count,
         revenue,
-        purchase_count > 0 as is_converted
+        purchase_count > 0 as is_converted,
+        {{ build_xid() }} as build_xid
 
     from sessions
 

@@ -24,7 +24,8 @@ renamed as (
         last_event_at as ended_at,
 
         ----------  change tracking
-        source_xid
+        source_xid,
+        written_xid
 
     from source
 

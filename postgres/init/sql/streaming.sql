@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS streaming.sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_user_id_idx ON streaming.sessions (user_id);
 CREATE INDEX IF NOT EXISTS sessions_last_event_at_idx ON streaming.sessions (last_event_at);
+-- The transaction that last wrote the row, as xmin but 64 bits wide and indexed: the marts read
+-- the sessions written since their last build with an index range scan instead of a scan of the
+-- whole history (dbt_project/macros/change_tracking.sql). Every writer of the table sets it: the
+-- default on insert, `written_xid = pg_current_xact_id()` in the consumer's upsert. Added after
+-- the first release: existing rows get the migration's id, and the next build reads them once.
+ALTER TABLE streaming.sessions ADD COLUMN IF NOT EXISTS written_xid xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX IF NOT EXISTS sessions_written_xid_idx ON streaming.sessions (written_xid);
 
 -- The profile dimension from the compacted user_profiles topic; newest updated_at wins.
 CREATE TABLE IF NOT EXISTS streaming.users (

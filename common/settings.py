@@ -58,6 +58,23 @@ class Settings(BaseSettings):
     # A member that does not poll for this long (e.g. stuck in a database call) leaves the group.
     consumer_max_poll_interval_ms: Annotated[int, Field(ge=1000)] = 300_000
 
+    # The HTTP collector (collector/): where it listens (compose sets 0.0.0.0) and its limits.
+    collector_host: str = "127.0.0.1"
+    collector_port: Port = 8090
+    collector_max_body_bytes: Annotated[int, Field(ge=1024, le=100_000_000)] = 1_000_000
+    collector_max_events: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # Per client (address): events per second on average, and the burst it may send at once.
+    collector_client_events_per_second: Annotated[float, Field(gt=0, le=1_000_000)] = 100
+    collector_client_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
+    # Clients whose buckets are remembered at once (the least recently seen are forgotten).
+    collector_max_clients: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    # Behind one proxy (the tunnel), the client is the last X-Forwarded-For address, not the peer.
+    collector_trust_forwarded_for: bool = False
+    # Origins allowed to POST events from a browser, comma-separated; "*" for any site.
+    collector_cors_origins: str = "*"
+    # How long a request waits for Kafka's acknowledgement before answering 503.
+    collector_ack_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10
+
     def consumer_dsn(self) -> str:
         """libpq connection string for the consumer's own least-privilege role."""
         return _dsn(self, self.consumer_db_user, self.consumer_db_password, "stream_consumer")

@@ -80,6 +80,7 @@ class EphemeralStack:
             # the consumer's members serve metrics from this port up, the producer on its own
             "CONSUMER_METRICS_PORT": str(free_port(span=8)),
             "PRODUCER_METRICS_PORT": str(free_port()),
+            "COLLECTOR_PORT": str(free_port()),
             **(extra_env or {}),
         }
         self.services = services

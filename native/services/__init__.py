@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from native.services.airflow import AirflowService
-from native.services.apps import KafkaProducerService, StreamConsumerService
+from native.services.apps import CollectorService, KafkaProducerService, StreamConsumerService
 from native.services.base import Service
 from native.services.kafka import KafkaService
 from native.services.postgres import PostgresService
@@ -18,6 +18,7 @@ SERVICES: dict[str, Service] = {
         KafkaService(),
         StreamConsumerService(),
         KafkaProducerService(),
+        CollectorService(),
         AirflowService(),
         TrinoService(),
         SupersetService(),

@@ -1,4 +1,5 @@
-"""The project's own programs: the stream consumer (N members of one group) and the producer."""
+"""The project's own programs: the stream consumer (N members of one group), the producer and the
+HTTP collector."""
 
 from __future__ import annotations
 
@@ -66,3 +67,18 @@ class KafkaProducerService(Service):
             env=ctx.env,
             directory=str(ctx.root),
         )
+
+
+class CollectorService(Service):
+    name = "collector"
+    depends_on = ("kafka",)
+    start_timeout = 20
+
+    def healthy(self, ctx: Context) -> bool:
+        return _healthz("127.0.0.1", int(ctx["COLLECTOR_PORT"]))
+
+    def port(self, ctx: Context) -> str:
+        return f"http://127.0.0.1:{ctx['COLLECTOR_PORT']}/v1/events"
+
+    def program(self, ctx: Context) -> Program:
+        return Program(argv=[str(ctx.python), "-m", "collector"], env=ctx.env, directory=str(ctx.root))

@@ -31,11 +31,12 @@ PUBLISHED_PORTS = {
     "airflow-apiserver": "AIRFLOW_PORT",
     "prometheus": "PROMETHEUS_PORT",
     "alertmanager": "ALERTMANAGER_PORT",
+    "collector": "COLLECTOR_PORT",
 }
 #: the defaults the issue and README promise
 DEFAULT_PORTS = {"SUPERSET_PORT": "8088", "TRINO_PORT": "8083", "AIRFLOW_PORT": "8080", "KAFKA_PORT": "9092"}
 DEFAULT_PORTS["POSTGRES_PORT"] = "5432"
-DEFAULT_PORTS.update(PROMETHEUS_PORT="9090", ALERTMANAGER_PORT="9095")
+DEFAULT_PORTS.update(PROMETHEUS_PORT="9090", ALERTMANAGER_PORT="9095", COLLECTOR_PORT="8090")
 #: compose service -> native service module that mirrors it
 NATIVE_MODULE = {
     "kafka": "kafka",
@@ -52,6 +53,7 @@ NATIVE_MODULE = {
     "alertmanager-init": "prometheus",
     "postgres-exporter": "prometheus",
     "pipeline-exporter": "prometheus",
+    "collector": "apps",
 }
 #: repository folders (config shared by both modes) -> compose services that must mount them
 SHARED_CONFIG = {

@@ -1,0 +1,260 @@
+"""The HTTP collector (collector/) on a real Kafka broker and, where counting matters, the real
+consumer and Postgres: contract errors per event, the status of each kind of bad request, the
+per-client rate limit, CORS, and that every accepted event is in Kafka when the 202 arrives."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from native.ephemeral import ROOT, free_port
+from tests.integration.pipeline import ARTIFACTS, PARTITIONS, Pipeline
+
+
+def event(user_id: int = 7, **fields) -> dict:
+    return {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "event_type": "view",
+        "user_id": user_id,
+        "session_id": str(uuid.uuid4()),
+        "occurred_at": dt.datetime.now(dt.UTC).isoformat(),
+        **fields,
+    }
+
+
+class Collector:
+    """`python -m collector` on a free port, with the pipeline's topic and these settings."""
+
+    def __init__(self, pipeline: Pipeline, wait_healthy: bool = True, **env: str) -> None:
+        self.port = free_port()
+        self.pipeline = pipeline
+        log = ARTIFACTS / "collector" / f"{pipeline.topic}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "collector"],
+            cwd=ROOT,
+            env={**pipeline.env, "COLLECTOR_PORT": str(self.port), **env},
+            stdout=open(log, "wb"),  # noqa: SIM115 - lives with the process
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.request("GET", "/healthz")[0] == 200 or not wait_healthy:
+                    return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        raise AssertionError(f"the collector never turned healthy:\n{log.read_text()}")
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            conn.close()
+
+    def post(self, events, headers: dict | None = None):
+        body = events if isinstance(events, bytes) else json.dumps(events).encode()
+        status, head, data = self.request(
+            "POST", "/v1/events", body, {"Content-Type": "application/json", **(headers or {})}
+        )
+        return status, head, json.loads(data) if data else None
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def collector(pipeline):
+    c = Collector(pipeline)
+    yield c
+    c.close()
+
+
+def in_kafka(pipeline: Pipeline) -> list[tuple[bytes, dict]]:
+    """Every message now in the pipeline's topic: (key, value)."""
+    consumer = Consumer({"bootstrap.servers": pipeline.bootstrap, "group.id": f"read_{uuid.uuid4()}", "log_level": 0})
+    try:
+        parts = []
+        for p in range(PARTITIONS):
+            low, high = consumer.get_watermark_offsets(TopicPartition(pipeline.topic, p), timeout=10)
+            if high > low:
+                parts.append((p, low, high))
+        consumer.assign([TopicPartition(pipeline.topic, p, low) for p, low, _ in parts])
+        want = sum(high - low for _, low, high in parts)
+        got: list[tuple[bytes, dict]] = []
+        deadline = time.monotonic() + 30
+        while len(got) < want and time.monotonic() < deadline:
+            for m in consumer.consume(1000, 1):
+                if m.error() is None:
+                    got.append((m.key(), json.loads(m.value())))
+        return got
+    finally:
+        consumer.close()
+
+
+def test_accepted_events_are_in_kafka_keyed_by_user_when_the_202_arrives(collector, pipeline):
+    sent = [event(user_id=u) for u in (1, 2, 3, 42)]
+    status, _, body = collector.post(sent)
+    assert (status, body) == (202, {"accepted": 4, "rejected": 0, "errors": []})
+    got = in_kafka(pipeline)  # read at once: the 202 came after Kafka's acknowledgement
+    assert sorted((k, v["event_id"]) for k, v in got) == sorted(
+        (str(e["user_id"]).encode(), e["event_id"]) for e in sent
+    )
+
+
+def test_each_rejected_event_gets_its_reason_and_the_others_go_through(collector, pipeline):
+    sent = [
+        event(),
+        event(event_type="view\n"),  # the contract's full-match patterns
+        event(occurred_at="1999-12-31T23:59:59Z"),  # before the floor
+        event(occurred_at=(dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()),  # the future
+        event(amount=5.0),  # amount on a view
+        {"schema_version": 1},
+        event(user_id=0),
+        event(event_type="purchase", amount=19.99),
+    ]
+    status, _, body = collector.post(sent)
+    assert status == 202 and (body["accepted"], body["rejected"]) == (2, 6), body
+    reasons = {e["index"]: e["reason"] for e in body["errors"]}
+    assert reasons == {1: "contract", 2: "event_time", 3: "event_time", 4: "contract", 5: "contract", 6: "contract"}
+    assert all(e["error"] for e in body["errors"])
+    assert sorted(v["event_id"] for _, v in in_kafka(pipeline)) == sorted([sent[0]["event_id"], sent[7]["event_id"]])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"{}", b'{"events": []}', b"[1, 2]", b'["a"]', b"[[]]", b"[null]", b"[" * 100_000, b"\xff\xfe"],
+)
+def test_a_body_that_is_not_an_array_of_objects_is_400(collector, body):
+    status, _, answer = collector.post(body)
+    assert status == 400 and "array of event objects" in answer["error"], (status, answer)
+
+
+def test_over_the_size_or_count_limit_is_413_and_nothing_is_sent(pipeline):
+    c = Collector(pipeline, COLLECTOR_MAX_BODY_BYTES="4096", COLLECTOR_MAX_EVENTS="5", COLLECTOR_CLIENT_BURST="100")
+    try:
+        status, _, answer = c.post([event(page="x" * 2000), event(page="y" * 2000), event()])
+        assert status == 413 and "COLLECTOR_MAX_BODY_BYTES" in answer["error"]
+        status, _, answer = c.post([event() for _ in range(6)])
+        assert status == 413 and "COLLECTOR_MAX_EVENTS" in answer["error"]
+        # a Content-Length over the limit is refused before the body is read
+        status, _, _ = c.request("POST", "/v1/events", b"[]", {"Content-Length": "999999999"})
+        assert status == 413
+        assert c.post([event() for _ in range(5)])[0] == 202
+    finally:
+        c.close()
+    assert len(in_kafka(pipeline)) == 5
+
+
+def test_a_client_over_its_rate_gets_429_and_others_do_not(pipeline):
+    c = Collector(
+        pipeline,
+        COLLECTOR_CLIENT_EVENTS_PER_SECOND="5",
+        COLLECTOR_CLIENT_BURST="10",
+        COLLECTOR_TRUST_FORWARDED_FOR="true",
+    )
+    try:
+        alice = {"X-Forwarded-For": "198.51.100.1"}
+        assert c.post([event() for _ in range(10)], alice)[0] == 202  # the whole burst
+        status, head, answer = c.post([event()], alice)
+        assert status == 429 and "rate limit" in answer["error"] and int(head["retry-after"]) >= 1
+        # one hop: only the address the proxy appended counts, not what the client claims before it
+        assert c.post([event()], {"X-Forwarded-For": "198.51.100.1, 203.0.113.9"})[0] == 202
+        time.sleep(1.2)  # 5 events/s refill
+        assert c.post([event() for _ in range(5)], alice)[0] == 202
+        metrics = c.request("GET", "/metrics")[2].decode()
+        assert 'collector_requests_total{route="events",status="429"} 1.0' in metrics
+    finally:
+        c.close()
+
+
+def test_cors_answers_the_allowed_origins_only(pipeline):
+    c = Collector(pipeline, COLLECTOR_CORS_ORIGINS="https://shop.example, https://demo.example")
+    try:
+        status, head, _ = c.request(
+            "OPTIONS", "/v1/events", headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}
+        )
+        assert status == 204 and head["access-control-allow-origin"] == "https://shop.example"
+        assert "POST" in head["access-control-allow-methods"]
+        status, head, _ = c.post([event()], {"Origin": "https://evil.example"})
+        assert status == 202 and "access-control-allow-origin" not in head
+        # sendBeacon posts text/plain (no preflight): accepted the same
+        status, head, _ = c.request(
+            "POST",
+            "/v1/events",
+            json.dumps([event()]).encode(),
+            {"Content-Type": "text/plain;charset=UTF-8", "Origin": "https://demo.example"},
+        )
+        assert status == 202 and head["access-control-allow-origin"] == "https://demo.example"
+    finally:
+        c.close()
+
+
+def test_health_and_metrics_beside_the_other_services(collector):
+    status, _, body = collector.request("GET", "/healthz")
+    assert status == 200 and b"kafka answers" in body
+    collector.post([event(), event(event_type="bad type")])
+    metrics = collector.request("GET", "/metrics")[2].decode()
+    assert 'collector_events_total{outcome="accepted"} 1.0' in metrics
+    assert 'collector_rejected_events_total{reason="contract"} 1.0' in metrics
+    assert "collector_accept_seconds_bucket" in metrics
+    assert collector.request("GET", "/nowhere")[0] == 404
+    assert collector.request("GET", "/v1/events")[0] == 405
+
+
+def test_without_kafka_it_answers_503_never_202(pipeline):
+    c = Collector(
+        pipeline,
+        wait_healthy=False,
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        COLLECTOR_ACK_TIMEOUT_SECONDS="2",
+    )
+    try:
+        status, head, answer = c.post([event()])
+        assert status == 503 and "send them again" in answer["error"] and head["retry-after"] == "1", answer
+        assert c.request("GET", "/healthz")[0] == 503
+    finally:
+        c.close()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(
+            ["schema_version", "event_id", "event_type", "user_id", "session_id", "occurred_at", "amount", "page", "x"]
+        ),
+        JSON_VALUES,
+        max_size=4,
+    )
+)
+def test_any_object_is_accepted_or_rejected_with_a_reason_never_an_error(collector, fields):
+    """Hypothesis at the contract's edge: valid events with any fields replaced by any JSON value."""
+    status, _, body = collector.post([{**event(), **fields}])
+    assert status == 202 and body["accepted"] + body["rejected"] == 1, (status, body)
+    if body["rejected"]:
+        assert body["errors"][0]["reason"] in {"contract", "event_time", "malformed"} and body["errors"][0]["error"]

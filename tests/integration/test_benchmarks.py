@@ -30,6 +30,16 @@ BENCHMARKS = {
             rf"consumer RSS after 40,000 events +{NUMBER} MiB$",
         ],
     ),
+    "collector": (
+        ["--seconds", "2", "--connections", "4", "--batch", "5"],
+        [
+            rf"collector on granian: events/s \(4 connections x 5 events\) +{NUMBER} \(\{{202: \d+\}}\)$",
+            rf"collector on granian: accept latency p50 / p99 / max +{NUMBER} ms / {NUMBER} ms / {NUMBER} ms",
+            rf"collector on uvicorn: events/s \(4 connections x 5 events\) +{NUMBER} \(\{{202: \d+\}}\)$",
+            rf"collector on uvicorn: accept latency p50 / p99 / max +{NUMBER} ms / {NUMBER} ms / {NUMBER} ms",
+            rf"baseline: the same events produced straight to Kafka, events/s +{NUMBER}$",
+        ],
+    ),
     "transformations": (
         ["--sizes", "20000", "--builds", "1", "--skip-freshness"],
         [

@@ -1,5 +1,6 @@
-"""Streaming benchmarks: producer and consumer throughput beside naive baselines measured in the
-same run, event-to-table latency at a steady rate, and consumer memory as volume grows.
+"""Streaming benchmarks: producer and consumer throughput (event_id deduplication on and off) beside
+naive baselines measured in the same run, event-to-table latency at a steady rate, and consumer
+memory as volume grows.
 
     .venv/bin/python -m benchmarks.streaming [--events 1000000] [--rss-events 5000000]
 
@@ -143,20 +144,24 @@ class Bench:
         producer.flush()
         return events / (time.perf_counter() - t0)
 
-    def start_consumer(self, topic: str, group: str, module: str = "stream_consumer") -> subprocess.Popen:
+    def start_consumer(
+        self, topic: str, group: str, module: str = "stream_consumer", extra_env: dict | None = None
+    ) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", module],
-            env=self.env(topic, group),
+            env={**self.env(topic, group), **(extra_env or {})},
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
 
-    def consume(self, topic: str, group: str, total: int, rss_marks: tuple[int, ...] = ()) -> tuple[float, dict]:
+    def consume(
+        self, topic: str, group: str, total: int, rss_marks: tuple[int, ...] = (), extra_env: dict | None = None
+    ) -> tuple[float, dict]:
         """Our consumer on a full topic: events/s between its first and last commit, RSS at marks."""
-        self.sql("TRUNCATE streaming.user_events, streaming.event_minutes, streaming.sessions")
+        self.sql("TRUNCATE streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.event_ids")
         started = time.perf_counter()
-        proc = self.start_consumer(topic, group)
+        proc = self.start_consumer(topic, group, extra_env=extra_env)
         ps = psutil.Process(proc.pid)
         first = None
         rss: dict[int, float] = {}
@@ -291,6 +296,13 @@ def main() -> None:
         print("consumer", flush=True)
         rate, _ = b.consume("bench_throughput", "bench_ours", args.events)
         b.report(f"stream_consumer (exactly once), 1 process, {args.events:,} events, events/s", f"{rate:,.0f}")
+        off, _ = b.consume(
+            "bench_throughput", "bench_no_dedup", args.events, extra_env={"CONSUMER_DEDUP_WINDOW_SECONDS": "0"}
+        )
+        b.report(
+            "the same without event_id deduplication (CONSUMER_DEDUP_WINDOW_SECONDS=0), events/s",
+            f"{off:,.0f} (the window costs {1 - rate / off:+.0%})",
+        )
         base = b.naive_consume("bench_throughput", "bench_naive", args.baseline_seconds)
         b.report("baseline: per-event upsert + commit (reference README), events/s", f"{base:,.0f}")
         b.report("consumer ratio", f"{rate / base:.0f}x")

@@ -152,6 +152,7 @@ class Batch:
         max_event_bytes: int,
         max_future_skew: dt.timedelta = DEFAULT_MAX_FUTURE_SKEW,
         wall_clock: float | None = None,
+        dedup_window: float = 0,
     ) -> None:
         self.events_topic = events_topic
         self.profiles_topic = profiles_topic
@@ -169,14 +170,34 @@ class Batch:
         self.next_offsets: dict[TopicPartition, int] = {}
         self.messages: list = []
         self.events = 0
+        # CONSUMER_DEDUP_WINDOW_SECONDS: an event_id is counted once within this many seconds (0: off).
+        # The batch counts each id once and collects them; at commit, ids Postgres has already seen
+        # within the window (streaming.event_ids) make it rebuild itself without them (deduplicated()).
+        self.dedup_window = dedup_window
+        self.event_ids: set[uuid.UUID] | None = set() if dedup_window > 0 else None
+        self.known_ids: frozenset[uuid.UUID] = frozenset()
+        self.duplicates = 0
 
     def __len__(self) -> int:
         return len(self.messages)
 
     def _empty_like(self) -> Batch:
         return Batch(
-            self.events_topic, self.profiles_topic, self.max_event_bytes, self.max_future_skew, self.wall_clock
+            self.events_topic,
+            self.profiles_topic,
+            self.max_event_bytes,
+            self.max_future_skew,
+            self.wall_clock,
+            self.dedup_window,
         )
+
+    def deduplicated(self, known: set[uuid.UUID]) -> Batch:
+        """This batch's messages again, without the events whose ids are in `known` (counted by an
+        earlier batch within the window): the same offsets and dead letters, fewer events."""
+        batch = self._empty_like()
+        batch.known_ids = frozenset(known)
+        batch.add(self.messages)
+        return batch
 
     def halves(self) -> tuple[Batch, Batch]:
         """This batch's messages in two batches, in order: the first holds a prefix of every partition."""
@@ -214,6 +235,7 @@ class Batch:
         if self.wall_clock is None:
             self.wall_clock = time.time()
         wall_latest = self.wall_clock + skew
+        ids, known = self.event_ids, self.known_ids
         self.messages.extend(messages)
         for msg in messages:
             topic = msg.topic()
@@ -242,6 +264,11 @@ class Batch:
                 log.exception("failed on %s[%d]@%d; filing it as a dead letter", topic, msg.partition(), msg.offset())
                 self.dead_letter(msg, Reason.INTERNAL_ERROR, f"consumer error: {type(exc).__name__}: {exc}")
                 continue
+            if ids is not None:
+                if event.event_id in ids or event.event_id in known:
+                    self.duplicates += 1  # a client's retry: counted the first time only
+                    continue
+                ids.add(event.event_id)
             self.events += 1
 
             row = user_events.get((event.user_id, etype))

@@ -28,6 +28,7 @@ log = logging.getLogger("stream_consumer")
 
 RECHECK_REFUSED_SECONDS = 10.0
 PURGE_DEAD_LETTERS_SECONDS = 3600.0
+PURGE_EVENT_IDS_SECONDS = 60.0
 
 
 def consumer_config(settings: Settings) -> dict:
@@ -104,6 +105,7 @@ class StreamConsumer:
         self.committed_events = 0
         self.committed_batches = 0
         self.dead_letters = 0
+        self.duplicates = 0
         self.fenced = 0
         self.commit_seconds = 0.0
         # One writer thread: Postgres commits batch N (releasing the GIL while it waits) while this
@@ -114,6 +116,7 @@ class StreamConsumer:
         self._last_sync = time.monotonic()
         self._last_recheck = time.monotonic()
         self._last_purge = float("-inf")  # the first purge runs at start
+        self._last_id_purge = float("-inf")
         self._last_kafka_error = ""
 
     def _new_batch(self) -> Batch:
@@ -123,6 +126,7 @@ class StreamConsumer:
             s.kafka_profiles_topic,
             s.consumer_max_event_bytes,
             dt.timedelta(seconds=s.consumer_max_future_skew),
+            dedup_window=s.consumer_dedup_window_seconds,
         )
 
     def _postgres(self, action):
@@ -312,6 +316,9 @@ class StreamConsumer:
             self._last_purge = now
             # On the writer thread, behind any commit; with a connection of its own.
             self._executor.submit(self._purge_dead_letters)
+        if self.settings.consumer_dedup_window_seconds and now - self._last_id_purge >= PURGE_EVENT_IDS_SECONDS:
+            self._last_id_purge = now
+            self._executor.submit(self._purge_event_ids)
 
     def _stop(self, signum, _frame) -> None:
         log.info("signal %d: finishing the open batch and leaving the group", signum)
@@ -402,9 +409,11 @@ class StreamConsumer:
         self.committed_events += landed.events
         self.committed_batches += 1
         self.dead_letters += len(landed.dead_letters)
+        self.duplicates += landed.duplicates
         m = self.metrics
         m.events.inc(landed.events)
         m.messages.inc(landed.messages)
+        m.duplicates.inc(landed.duplicates)
         for d in landed.dead_letters:
             m.dead_letters.labels(d.reason).inc()
         m.batch_messages.observe(landed.messages)
@@ -458,6 +467,20 @@ class StreamConsumer:
                 "dead-letter retention: deleted %d dead letters older than %d days",
                 deleted,
                 self.settings.dead_letter_retention_days,
+            )
+
+    def _purge_event_ids(self) -> None:
+        """CONSUMER_DEDUP_WINDOW_SECONDS: forgets the ids seen before the window began."""
+        from stream_consumer.store import purge_event_ids
+
+        try:
+            deleted = purge_event_ids(self.settings.consumer_dsn(), self.settings.consumer_dedup_window_seconds)
+        except psycopg.Error as exc:
+            log.warning("event id window: %s; trying again in a minute", first_line(exc))
+            return
+        if deleted:
+            log.debug(
+                "event id window: forgot %d ids older than %d s", deleted, self.settings.consumer_dedup_window_seconds
             )
 
     def _report(self, now: float) -> None:

@@ -187,6 +187,7 @@ def _replay_rows(conn: psycopg.Connection, settings: Settings, rows: list[tuple]
         settings.kafka_profiles_topic,
         settings.consumer_max_event_bytes,
         dt.timedelta(seconds=settings.consumer_max_future_skew),
+        dedup_window=settings.consumer_dedup_window_seconds,
     )
     ids = {}
     messages = []

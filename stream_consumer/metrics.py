@@ -9,6 +9,11 @@ class ConsumerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.events = Counter("stream_consumer_events", "Events committed to the streaming tables", registry=r)
+        self.duplicates = Counter(
+            "stream_consumer_duplicate_events",
+            "Events not counted: their event_id was counted before, within CONSUMER_DEDUP_WINDOW_SECONDS",
+            registry=r,
+        )
         self.messages = Counter(
             "stream_consumer_messages", "Messages committed (events, profiles and dead letters)", registry=r
         )

@@ -85,7 +85,19 @@ ON CONFLICT (topic, "partition", "offset") DO UPDATE SET
     raw_value_exact = excluded.raw_value_exact, received_at = clock_timestamp()
 """
 
-AGGREGATE_TABLES = ("user_events", "event_minutes", "sessions", "users", "dead_letter_events")
+# An event_id seen within the window is a duplicate: RETURNING gives the ids new to it (inserted,
+# or seen only longer ago than the window, and stamped again). Sorted ids: two members inserting
+# overlapping ids lock them in the same order.
+SEEN_EVENT_IDS = """
+INSERT INTO streaming.event_ids AS t (event_id, seen_at)
+SELECT id, clock_timestamp() FROM unnest(%s::uuid[]) AS v(id)
+ON CONFLICT (event_id) DO UPDATE SET seen_at = excluded.seen_at
+WHERE t.seen_at < excluded.seen_at - make_interval(secs => %s)
+RETURNING event_id
+"""
+
+# A replay starts from nothing: the ids of what it replays are forgotten with the aggregates.
+AGGREGATE_TABLES = ("user_events", "event_minutes", "sessions", "users", "dead_letter_events", "event_ids")
 
 
 class Store:
@@ -133,10 +145,11 @@ class Store:
 
     def commit(
         self, batch: Batch, start_offsets: dict[TopicPartition, int], end_offsets: dict[TopicPartition, int]
-    ) -> bool:
+    ) -> Batch:
         """Writes the batch and advances its partitions' offsets from `start_offsets` to the batch's
         next offsets, in one transaction, or raises Fenced. `end_offsets` (the partitions' high
-        watermarks as last seen) are stored beside them for lag."""
+        watermarks as last seen) are stored beside them for lag. Returns the batch as written:
+        without the events counted before within the dedup window."""
         conn = self.connection()
         keys = list(batch.next_offsets)
         with conn.transaction(), conn.cursor() as cur:
@@ -153,8 +166,7 @@ class Store:
             )
             if cur.rowcount != len(keys):
                 raise Fenced(f"{len(keys) - cur.rowcount} of {len(keys)} partitions moved on since this batch began")
-            write_aggregates(cur, batch)
-        return True
+            return write_aggregates(cur, batch)
 
     def reset(self, start_offsets: dict[TopicPartition, int]) -> None:
         """Empties every aggregate and moves this group's offsets to `start_offsets` (the start of
@@ -192,8 +204,16 @@ class Store:
         return {(t, p): off for t, p, off in rows}
 
 
-def write_aggregates(cur: psycopg.Cursor, batch: Batch) -> None:
-    """Adds the batch's aggregates, profiles and dead letters (the offsets are the caller's: Store.commit)."""
+def write_aggregates(cur: psycopg.Cursor, batch: Batch) -> Batch:
+    """Adds the batch's aggregates, profiles and dead letters (the offsets are the caller's:
+    Store.commit); with a dedup window, without the events whose ids were counted before within
+    it. Returns the batch as written."""
+    if batch.event_ids:
+        ids = sorted(batch.event_ids)
+        cur.execute(SEEN_EVENT_IDS, (ids, batch.dedup_window))
+        new = {row[0] for row in cur.fetchall()}
+        if len(new) < len(ids):
+            batch = batch.deduplicated(batch.event_ids - new)
     if batch.user_events:
         rows = batch.user_events.values()
         cur.execute(
@@ -252,3 +272,21 @@ def write_aggregates(cur: psycopg.Cursor, batch: Batch) -> None:
                 [x.raw_value_exact for x in d],
             ),
         )
+    return batch
+
+
+def purge_event_ids(dsn: str, window_seconds: float, chunk: int = 50_000) -> int:
+    """Forgets the event ids seen longer ago than the dedup window, a bounded chunk per transaction
+    (streaming.event_ids stays at about rate x window rows). Returns how many went."""
+    deleted = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            cur = conn.execute(
+                """DELETE FROM streaming.event_ids WHERE event_id IN (
+                       SELECT event_id FROM streaming.event_ids
+                       WHERE seen_at < clock_timestamp() - make_interval(secs => %s) LIMIT %s)""",
+                (window_seconds, chunk),
+            )
+            deleted += cur.rowcount
+            if cur.rowcount < chunk:
+                return deleted

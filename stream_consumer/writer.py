@@ -90,10 +90,12 @@ class Landed:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     transactions: int = 0
     splits: int = 0
+    duplicates: int = 0  # events whose event_id was counted before, within the dedup window
 
     def add(self, batch: Batch) -> None:
         self.messages += len(batch)
         self.events += batch.events
+        self.duplicates += batch.duplicates
         self.dead_letters += batch.dead_letters
         self.transactions += 1
 
@@ -120,7 +122,8 @@ class Writer:
 
     def _commit_or_split(self, batch: Batch, start: dict, end: dict, landed: Landed) -> bool:
         try:
-            if not self.retrying(lambda: self.store.commit(batch, start, end)):
+            written = self.retrying(lambda: self.store.commit(batch, start, end))
+            if written is None:
                 return False
         except psycopg.Error as exc:  # retrying() lets only data errors through
             if len(batch) == 1:
@@ -136,7 +139,7 @@ class Writer:
             return self._commit_or_split(first, start, end, landed) and self._commit_or_split(
                 second, start, end, landed
             )
-        landed.add(batch)
+        landed.add(written)
         start.update(batch.next_offsets)
         return True
 
@@ -152,7 +155,7 @@ class Writer:
         except psycopg.Error:
             filed = batch.refused(error, bare=True)
             committed = self.retrying(lambda: self.store.commit(filed, start, end), data_errors_are_systemic=True)
-        if not committed:
+        if committed is None:
             return False
         landed.add(filed)
         start.update(filed.next_offsets)

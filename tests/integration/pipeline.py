@@ -24,7 +24,8 @@ from native.ephemeral import ARTIFACTS, ROOT, EphemeralStack, free_port
 
 PARTITIONS = 6
 AGGREGATES = (
-    "streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users, streaming.dead_letter_events"
+    "streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users, "
+    "streaming.dead_letter_events, streaming.event_ids"
 )
 
 
@@ -260,6 +261,15 @@ class Pipeline:
 
     def health(self, consumer: int = 0) -> tuple[int, str]:
         """GET /healthz of a consumer (its port is in its log): (status, body)."""
+        return self._consumer_get(consumer, "/healthz")
+
+    def consumer_metrics(self, consumer: int = 0) -> str:
+        """GET /metrics of a consumer."""
+        status, body = self._consumer_get(consumer, "/metrics")
+        assert status == 200, (status, body)
+        return body
+
+    def _consumer_get(self, consumer: int, path: str) -> tuple[int, str]:
         import re
         import urllib.error
         import urllib.request
@@ -271,7 +281,7 @@ class Pipeline:
             return 0, "not serving yet"
         port = found.group(1)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()

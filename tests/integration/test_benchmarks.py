@@ -24,6 +24,8 @@ BENCHMARKS = {
             rf"--rate 1,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
             rf"--rate 10,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
             rf"stream_consumer \(exactly once\), 1 process, 20,000 events, events/s +{NUMBER}$",
+            rf"without event_id deduplication \(CONSUMER_DEDUP_WINDOW_SECONDS=0\), events/s +{NUMBER} "
+            r"\(the window costs [+-]\d+%\)$",
             rf"baseline: per-event upsert \+ commit .* events/s +{NUMBER}$",
             rf"consumer ratio +{NUMBER}x$",
             rf"event → streaming table at 10,000/s, .* p50 / p99 / max +{NUMBER} ms / {NUMBER} ms / {NUMBER} ms$",

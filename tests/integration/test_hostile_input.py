@@ -141,9 +141,9 @@ def test_a_value_postgres_refuses_is_one_dead_letter_alone_or_in_a_batch(pipelin
         pipeline.wait_until_consumed()
         now = dt.datetime.now(dt.UTC)
         pipeline.produce_raw(
-            [(b"5", event(5, now), True)] * 200
+            [(b"5", event(5, now), True) for _ in range(200)]  # each its own event_id
             + [(b"666", event(666, now), False)]
-            + [(b"6", event(6, now), True)] * 200
+            + [(b"6", event(6, now), True) for _ in range(200)]
         )
         pipeline.produce(events=5_000, malformed_share=0.01, seed=22)
         pipeline.wait_until_consumed()

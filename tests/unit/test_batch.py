@@ -226,3 +226,53 @@ def test_any_messages_are_each_counted_or_dead_lettered_exactly_once(pairs):
     assert sum(r.events for r in b.user_events.values()) == b.events == sum(r.events for r in b.minutes.values())
     assert sum(r.events for r in b.sessions.values()) == b.events
     assert sorted(d.offset for d in b.dead_letters) == sorted(set(d.offset for d in b.dead_letters))
+
+
+def with_id(msg: Record, event_id: str, offset: int) -> Record:
+    body = json.loads(msg.value())
+    body["event_id"] = event_id
+    return Msg(json.dumps(body).encode(), msg.key(), offset=offset)
+
+
+IDS = [str(uuid.UUID(int=i + 1)) for i in range(6)]
+
+
+@settings(max_examples=200)
+@given(
+    picks=st.lists(
+        st.tuples(st.sampled_from(IDS), st.integers(1, 3), st.sampled_from(["view", "purchase"])), max_size=30
+    ),
+    known=st.sets(st.sampled_from(IDS)),
+)
+def test_with_a_dedup_window_each_event_id_counts_once_and_known_ids_not_at_all(picks, known):
+    """Retries of one event (the same event_id, whatever else the copy says) count once; the ids an
+    earlier batch counted within the window (`known`) count not at all. Offsets and dead letters
+    stay those of every message."""
+    msgs = [
+        with_id(event(user_id=u, event_type=t, amount=1.5 if t == "purchase" else None), i, n)
+        for n, (i, u, t) in enumerate(picks)
+    ]
+    msgs.append(Msg(b"not json", b"1", offset=len(msgs)))
+    batch = Batch("user_events", "user_profiles", 65536, dedup_window=60)
+    batch.add(msgs)
+    first_copies = {}
+    for i, u, t in picks:
+        first_copies.setdefault(i, (u, t))
+    assert batch.event_ids == {uuid.UUID(i) for i in first_copies} and batch.events == len(first_copies)
+    assert batch.duplicates == len(picks) - len(first_copies)
+    again = batch.deduplicated({uuid.UUID(i) for i in known})
+    kept = {i: ut for i, ut in first_copies.items() if i not in known}
+    assert (again.events, again.duplicates) == (len(kept), len(picks) - len(kept))
+    want: dict = {}
+    for u, t in kept.values():
+        want[(u, t)] = want.get((u, t), 0) + 1
+    assert {k: r.events for k, r in again.user_events.items()} == want
+    assert sum(r.revenue_cents for r in again.minutes.values()) == 150 * sum(t == "purchase" for _, t in kept.values())
+    assert again.next_offsets == batch.next_offsets == {("user_events", 0): len(msgs)}
+    assert [d.offset for d in again.dead_letters] == [len(msgs) - 1]
+
+
+def test_without_a_dedup_window_every_copy_counts():
+    msg = event()
+    batch = batch_of(msg, with_id(msg, json.loads(msg.value())["event_id"], 1))
+    assert (batch.events, batch.duplicates, batch.event_ids) == (2, 0, None)

@@ -36,7 +36,7 @@ class Store:
         self.committed: list[Batch] = []
         self.offset = 0
 
-    def commit(self, batch, start, end) -> bool:
+    def commit(self, batch, start, end):
         if self.systemic:
             raise self.systemic.pop(0)
         assert start[("user_events", 0)] == self.offset, "a part committed out of order"
@@ -44,7 +44,7 @@ class Store:
             raise psycopg.errors.CheckViolation("new row violates check constraint")
         self.committed.append(batch)
         self.offset = batch.next_offsets[("user_events", 0)]
-        return True
+        return batch
 
     def close(self) -> None:
         pass

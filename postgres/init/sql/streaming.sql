@@ -81,6 +81,16 @@ ALTER TABLE streaming.dead_letter_events
     ADD COLUMN IF NOT EXISTS raw_value_exact boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS dead_letter_events_received_at_idx ON streaming.dead_letter_events (received_at);
 
+-- The event ids counted within the dedup window (CONSUMER_DEDUP_WINDOW_SECONDS): clients retry, so
+-- one event may arrive twice; the batch that first counts it inserts its id in the same
+-- transaction, and a later copy within the window is not counted. The consumer deletes ids older
+-- than the window every minute (by seen_at): about rate x window rows.
+CREATE TABLE IF NOT EXISTS streaming.event_ids (
+    event_id uuid        PRIMARY KEY,
+    seen_at  timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_ids_seen_at_idx ON streaming.event_ids (seen_at);
+
 -- Where each partition resumes: written in the same transaction as the aggregates, and only
 -- if it still holds the offset the writer started from (the fence against lost partitions).
 -- high_watermark is the partition's end offset as the consumer last saw it (for lag).

@@ -41,10 +41,26 @@ comment on table {{ target.schema }}.dbt_build_watermarks is
 select set_config('rt_analytics.build_xmin', pg_snapshot_xmin(pg_current_snapshot())::text, true)
 {% endmacro %}
 
-{#- post-hook: commits with the build, or rolls back with it. A missing pre-hook value fails loudly. -#}
+{#- post-hook: commits with the build, or rolls back with it. A missing pre-hook value fails loudly.
+    A mart built from state another mart's build kept (meta `watermark_no_later_than`:
+    user_engagement reads the per-user totals of the sessions build) reflects the sources as that
+    build saw them, not as its own snapshot does: its watermark is held to that build's, so that a
+    session committed between the two builds counts as changed since, not as seen. -#}
 {% macro record_build_watermark() %}
+{%- set upstream = (config.get('meta') or {}).get('watermark_no_later_than') -%}
 insert into {{ target.schema }}.dbt_build_watermarks (model_name, source_xmin, built_at)
-values ('{{ this.identifier }}', current_setting('rt_analytics.build_xmin')::bigint, clock_timestamp())
+values (
+    '{{ this.identifier }}',
+    {% if upstream -%}
+    least(
+        current_setting('rt_analytics.build_xmin')::bigint,
+        (select source_xmin from {{ target.schema }}.dbt_build_watermarks where model_name = '{{ upstream }}')
+    ),
+    {%- else -%}
+    current_setting('rt_analytics.build_xmin')::bigint,
+    {%- endif %}
+    clock_timestamp()
+)
 on conflict (model_name) do update set source_xmin = excluded.source_xmin, built_at = excluded.built_at
 {% endmacro %}
 

@@ -8,7 +8,8 @@
         materialized='incremental',
         unique_key='user_id',
         incremental_strategy='merge',
-        indexes=[{'columns': ['user_id'], 'unique': True}]
+        indexes=[{'columns': ['user_id'], 'unique': True}],
+        meta={'watermark_no_later_than': 'sessions'}
     )
 }}
 

@@ -29,7 +29,7 @@ from confluent_kafka import Producer
 from kafka_producer.topics import ensure_topics
 from native.ephemeral import ROOT, EphemeralStack, free_port
 
-SERVERS = ("granian", "uvicorn")
+SERVERS = ("uvicorn", "granian")
 
 
 def events(n: int, user: int = 1) -> list[dict]:

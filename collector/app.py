@@ -11,9 +11,9 @@ id, with the idempotent producer. It answers:
   acknowledge in time or its queue is full: the client sends the same events again, and the
   consumer counts an event_id once.
 
-Also `GET /healthz` (200 while Kafka answers), `GET /metrics` (Prometheus), and CORS for the
-origins in COLLECTOR_CORS_ORIGINS. A plain ASGI callable: no framework between the server and
-these few routes.
+Also `GET /healthz` (200 while Kafka answers), `GET /metrics` (Prometheus), CORS for the
+origins in COLLECTOR_CORS_ORIGINS, the tracker (`GET /shop/track.js`) and the demo shop that
+uses it (`GET /shop/`). A plain ASGI callable: no framework between the server and these few routes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 from confluent_kafka import KafkaException, Producer
@@ -37,6 +38,27 @@ log = logging.getLogger("collector")
 
 _raw_array = msgspec.json.Decoder(list[msgspec.Raw])
 HEALTH_CHECK_SECONDS = 10.0
+
+STATIC = Path(__file__).parent / "static"
+#: what GET serves: path -> (file, content type); read once at start, nothing else on disk is reachable
+#: (all under /shop/: behind the tunnel they share one hostname with Superset, which owns /static/)
+FILES = {
+    "/shop/": ("shop.html", b"text/html; charset=utf-8"),
+    "/shop/track.js": ("track.js", b"text/javascript; charset=utf-8"),
+    "/shop/shop.js": ("shop.js", b"text/javascript; charset=utf-8"),
+    "/shop/shop.css": ("shop.css", b"text/css; charset=utf-8"),
+}
+#: the shop's page: its own scripts, styles and collector only, never in a frame
+PAGE_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+        b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-cache"),
+]
 
 
 def producer_config(settings: Settings) -> dict:
@@ -143,6 +165,7 @@ class Collector:
         self.kafka_error = "not checked yet"
         self._running = False
         self._threads: list[threading.Thread] = []
+        self.files = {path: ((STATIC / name).read_bytes(), ctype) for path, (name, ctype) in FILES.items()}
 
     # --- lifecycle (ASGI lifespan) --------------------------------------------------------------
     def start(self) -> None:
@@ -218,6 +241,12 @@ class Collector:
             await self._respond(
                 send, scope, 200 if ok else 503, (why + "\n").encode(), b"text/plain; charset=utf-8", "healthz"
             )
+        elif path in ("/", "/shop") and method in ("GET", "HEAD"):
+            await self._respond(send, scope, 307, b"", route="static", extra=[(b"location", b"/shop/")])
+        elif path in self.files and method in ("GET", "HEAD"):
+            body, ctype = self.files[path]
+            extra = PAGE_HEADERS if path == "/shop/" else [(b"cache-control", b"public, max-age=300")]
+            await self._respond(send, scope, 200, body, ctype, "static", extra, head=method == "HEAD")
         elif path == "/metrics" and method == "GET":
             await self._respond(
                 send, scope, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), "metrics"
@@ -357,13 +386,15 @@ class Collector:
     async def _json(self, send, scope, status: int, body: dict, route: str, extra=None) -> None:
         await self._respond(send, scope, status, json.dumps(body).encode(), b"application/json", route, extra)
 
-    async def _respond(self, send, scope, status, body: bytes, ctype: bytes = b"", route="other", extra=None) -> None:
+    async def _respond(
+        self, send, scope, status, body: bytes, ctype: bytes = b"", route="other", extra=None, head=False
+    ) -> None:
         headers = [(b"content-length", str(len(body)).encode()), (b"x-content-type-options", b"nosniff")]
         if ctype:
             headers.append((b"content-type", ctype))
         headers += self._cors_headers(scope) + (extra or [])
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if head else body})
         self.metrics.requests.labels(route, str(status)).inc()
 
 

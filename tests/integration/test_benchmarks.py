@@ -25,7 +25,7 @@ BENCHMARKS = {
             rf"--rate 10,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
             rf"stream_consumer \(exactly once\), 1 process, 20,000 events, events/s +{NUMBER}$",
             rf"without event_id deduplication \(CONSUMER_DEDUP_WINDOW_SECONDS=0\), events/s +{NUMBER} "
-            r"\(the window costs [+-]\d+%\)$",
+            r"\(with the window: [+-]\d+%\)$",
             rf"baseline: per-event upsert \+ commit .* events/s +{NUMBER}$",
             rf"consumer ratio +{NUMBER}x$",
             rf"event → streaming table at 10,000/s, .* p50 / p99 / max +{NUMBER} ms / {NUMBER} ms / {NUMBER} ms$",
@@ -59,6 +59,8 @@ BENCHMARKS = {
             rf"Superset chart-data API, uncached +p50 {NUMBER} ms / p95 {NUMBER} ms",
             rf"Superset chart-data API, as a refresh asks .* +p50 {NUMBER} ms / p95 {NUMBER} ms",
             rf"event -> timeline chart data .* +p50 {NUMBER} ms / p95 {NUMBER} ms \(n=2\), max {NUMBER} s$",
+            rf"click in the shop \(Chromium\) -> timeline chart data +p50 {NUMBER} ms / p95 {NUMBER} ms "
+            rf"\(n=2\), max {NUMBER} s$",
             rf"Trino RSS .* +{NUMBER} MiB$",
             rf"Superset RSS .* +{NUMBER} MiB$",
         ],

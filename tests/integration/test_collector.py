@@ -81,6 +81,16 @@ class Collector:
         self.proc.wait(timeout=20)
 
 
+def test_without_a_trusted_proxy_a_forwarded_address_does_not_escape_the_rate_limit(pipeline):
+    c = Collector(pipeline, COLLECTOR_CLIENT_EVENTS_PER_SECOND="1", COLLECTOR_CLIENT_BURST="3")
+    try:
+        assert c.post([event() for _ in range(3)])[0] == 202
+        for spoofed in ("198.51.100.7", "203.0.113.8"):
+            assert c.post([event()], {"X-Forwarded-For": spoofed})[0] == 429
+    finally:
+        c.close()
+
+
 @pytest.fixture
 def collector(pipeline):
     c = Collector(pipeline)

@@ -596,28 +596,38 @@ def test_readme_documents_the_compose_ports_and_the_public_demo():
     assert "docker compose --profile public up" in readme and "CLOUDFLARE_TUNNEL_TOKEN" in readme
 
 
-# --- the public profile: Superset only, never with development secrets ------------------------
+# --- the public profile: Superset and the demo shop only, never with development secrets ------------
+#: tunnel -> (the one service it publishes, its network, its token variable)
+TUNNELS = {
+    "cloudflared": ("superset", "public", "CLOUDFLARE_TUNNEL_TOKEN"),
+    "cloudflared-shop": ("collector", "shop", "CLOUDFLARE_SHOP_TUNNEL_TOKEN"),
+}
 
 
-def test_only_the_tunnel_is_behind_a_profile(services):
-    assert {n: s["profiles"] for n, s in services.items() if s.get("profiles")} == {"cloudflared": ["public"]}
+def test_only_the_tunnels_are_behind_a_profile(services):
+    assert {n: s["profiles"] for n, s in services.items() if s.get("profiles")} == {t: ["public"] for t in TUNNELS}
 
 
-def test_tunnel_reaches_superset_and_nothing_else(services):
+@pytest.mark.parametrize("tunnel", sorted(TUNNELS))
+def test_a_tunnel_reaches_what_it_publishes_and_nothing_else(services, tunnel):
+    target, network, _ = TUNNELS[tunnel]
     networks = {n: set(s.get("networks") or ["default"]) for n, s in services.items()}
-    assert networks["cloudflared"] == {"public"}
-    assert {n for n, nets in networks.items() if "public" in nets} == {"cloudflared", "superset"}
-    assert "ports" not in services["cloudflared"]
+    assert networks[tunnel] == {network}
+    assert {n for n, nets in networks.items() if network in nets} == {tunnel, target}
+    assert "ports" not in services[tunnel]
 
 
-def test_tunnel_publishes_superset_by_quick_or_named_tunnel(raw, env):
-    quick = shlex.split(interpolate(raw["services"]["cloudflared"]["command"], {**env, "CLOUDFLARE_TUNNEL_TOKEN": ""}))
-    named = shlex.split(
-        interpolate(raw["services"]["cloudflared"]["command"], {**env, "CLOUDFLARE_TUNNEL_TOKEN": "t0k"})
-    )
-    assert [w for w in quick if w.startswith("http")] == ["http://superset:8088"]
+@pytest.mark.parametrize("tunnel", sorted(TUNNELS))
+def test_a_tunnel_publishes_its_service_by_quick_or_named_tunnel(raw, env, services, tunnel):
+    target, _, token = TUNNELS[tunnel]
+    command = raw["services"][tunnel]["command"]
+    quick = shlex.split(interpolate(command, {**env, token: ""}))
+    named = shlex.split(interpolate(command, {**env, token: "t0k"}))
+    port = "8088" if target == "superset" else "8090"
+    assert [w for w in quick if w.startswith("http")] == [f"http://{target}:{port}"]
     assert quick[0] == "tunnel" and quick[-1] != "run" and named[-1] == "run"
-    assert raw["services"]["cloudflared"]["environment"]["TUNNEL_TOKEN"] == "${CLOUDFLARE_TUNNEL_TOKEN}"
+    assert raw["services"][tunnel]["environment"]["TUNNEL_TOKEN"] == f"${{{token}}}"
+    assert services[tunnel]["depends_on"] == {target: {"condition": "service_healthy"}}
 
 
 def dockerfile_instruction(dockerfile: Path, name: str) -> list[str]:
@@ -636,7 +646,7 @@ def test_cloudflared_starts_through_the_guard_on_every_start(services):
         "cloudflared",
     ]
     assert "COPY tunnel/guard.py /opt/tunnel/guard.py" in dockerfile.read_text()
-    assert services["cloudflared"]["depends_on"] == {"superset": {"condition": "service_healthy"}}
+    assert services["cloudflared-shop"]["build"] == build
 
 
 def test_cloudflared_binary_is_the_pinned_official_one(services, env):
@@ -646,9 +656,10 @@ def test_cloudflared_binary_is_the_pinned_official_one(services, env):
     assert "COPY --from=cloudflared /usr/local/bin/cloudflared /usr/local/bin/cloudflared" in dockerfile.read_text()
 
 
-def test_guard_is_given_every_password_and_secret_of_env(raw, env):
+@pytest.mark.parametrize("tunnel", sorted(TUNNELS))
+def test_guard_is_given_every_password_and_secret_of_env(raw, env, tunnel):
     secrets = {k for k in env if re.search(r"PASSWORD|SECRET", k)}
-    given = raw["services"]["cloudflared"]["environment"]
+    given = raw["services"][tunnel]["environment"]
     assert {k: given.get(k) for k in secrets} == {k: f"${{{k}}}" for k in secrets}
 
 

@@ -11,6 +11,8 @@ then measures:
   for it (cache allowed);
 - event to dashboard: one marker event produced, then the timeline chart's data polled every
   100 ms the way the dashboard's refresh asks for it, until the event is in it;
+- click to dashboard: the same from a click in the demo shop in headless Chromium, through the
+  tracker, the collector, Kafka and the consumer (a marked element of its own event type);
 - Trino's and Superset's start-up time (`./stack up`) and resident memory (process trees).
 """
 
@@ -116,6 +118,34 @@ class Bench:
             "event -> timeline chart data (a dashboard refresh sees it)", ms(samples) + f", max {max(samples):.2f} s"
         )
 
+    def click_to_dashboard(self, rounds: int) -> None:
+        from selenium.webdriver.common.by import By
+
+        from tests.e2e.browser import chromium
+
+        chart = self.charts[TIMELINE]
+        samples = []
+        with chromium() as driver:
+            driver.get(f"http://127.0.0.1:{self.env['COLLECTOR_PORT']}/shop/")
+            # a button like the shop's own, of an event type nothing else sends
+            driver.execute_script(
+                "document.body.insertAdjacentHTML('beforeend', "
+                '\'<button id="probe" data-track="clickprobe">p</button>\')'
+            )
+            for i in range(1, rounds + 1):
+                started = time.time()
+                driver.find_element(By.ID, "probe").click()
+                while True:
+                    rows = self.superset.chart_data(chart, force=False)
+                    if sum(int(r.get("clickprobe") or 0) for r in rows) >= i:
+                        samples.append(time.time() - started)
+                        break
+                    if time.time() - started > 60:
+                        raise SystemExit("benchmark: the click never reached the timeline")
+                    time.sleep(0.1)
+                time.sleep(1)
+        self.report("click in the shop (Chromium) -> timeline chart data", ms(samples) + f", max {max(samples):.2f} s")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,7 +154,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=60, help="seconds of production before measuring")
     args = parser.parse_args()
     # prometheus: the lag chart reads the pipeline exporter's lag from it through Trino
-    services = ["postgres", "kafka", "stream_consumer", "kafka_producer", "airflow", "trino", "superset", "prometheus"]
+    services = [
+        "postgres",
+        "kafka",
+        "stream_consumer",
+        "kafka_producer",
+        "collector",
+        "airflow",
+        "trino",
+        "superset",
+        "prometheus",
+    ]
+    Context().apt_install("chromium", "chromium-driver")  # the click-to-dashboard measure's browser
     print(
         f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
         f"stack: {', '.join(services)}; producer {args.rate}/s",
@@ -150,6 +191,7 @@ def main() -> None:
         bench.through_trino(args.rounds)
         bench.through_superset(args.rounds)
         bench.event_to_dashboard(args.rounds)
+        bench.click_to_dashboard(args.rounds)
         bench.report("Trino RSS (launcher + JVM)", f"{rss_mib(ctx, 'trino'):,.0f} MiB")
         bench.report("Superset RSS (gunicorn master + 2 workers)", f"{rss_mib(ctx, 'superset'):,.0f} MiB")
         load = os.getloadavg()

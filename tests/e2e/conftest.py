@@ -1,6 +1,6 @@
 """End-to-end tier: the whole native stack, started once for the tier by `./stack up` on free ports.
 
-Postgres, Kafka, the stream consumer, Airflow (dbt every minute), Trino and
+Postgres, Kafka, the stream consumer, the collector, Airflow (dbt every minute), Trino and
 Superset. No producer service: each test produces exactly the events it checks. Tests of this tier
 share the stack, so each one checks what its own events changed (deltas, or its own user ids).
 """

@@ -8,8 +8,9 @@ import time
 import psycopg
 
 #: The end-to-end stack: every service but the producer (each test produces what it checks);
-#: prometheus too: the dashboard's lag panel reads the pipeline exporter's lag through it.
-SERVICE_NAMES = ["postgres", "kafka", "stream_consumer", "airflow", "trino", "superset", "prometheus"]
+#: prometheus too: the dashboard's lag panel reads the pipeline exporter's lag through it; the
+#: collector for the tracker and the demo shop (test_storefront.py).
+SERVICE_NAMES = ["postgres", "kafka", "stream_consumer", "collector", "airflow", "trino", "superset", "prometheus"]
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 1.0):

@@ -98,21 +98,25 @@ class Bench:
                     every.append(time.perf_counter() - started)
             self.report(f"Superset chart-data API, {label}", ms(every))
 
-    def event_to_dashboard(self, rounds: int) -> None:
+    def seconds_to_timeline(self, event_type: str, count: int, started: float) -> float:
+        """Polls the timeline's chart data as a dashboard refresh asks for it until it holds
+        `count` events of `event_type`; the seconds since `started`."""
         chart = self.charts[TIMELINE]
+        while True:
+            rows = self.superset.chart_data(chart, force=False)
+            if sum(int(r.get(event_type) or 0) for r in rows) >= count:
+                return time.time() - started
+            if time.time() - started > 60:
+                raise SystemExit(f"benchmark: the {event_type} event never reached the timeline")
+            time.sleep(0.1)
+
+    def event_to_dashboard(self, rounds: int) -> None:
         samples = []
         for i in range(1, rounds + 1):
             marker = event(1, "probe", "9b8f4a10-0000-4000-8000-000000000001", dt.datetime.now(dt.UTC))
             started = time.time()
             produce(self.env["KAFKA_BOOTSTRAP_SERVERS"], self.env["KAFKA_TOPIC"], [marker])
-            while True:
-                rows = self.superset.chart_data(chart, force=False)
-                if sum(int(r.get("probe") or 0) for r in rows) >= i:
-                    samples.append(time.time() - started)
-                    break
-                if time.time() - started > 60:
-                    raise SystemExit("benchmark: the marker event never reached the timeline")
-                time.sleep(0.1)
+            samples.append(self.seconds_to_timeline("probe", i, started))
             time.sleep(1)
         self.report(
             "event -> timeline chart data (a dashboard refresh sees it)", ms(samples) + f", max {max(samples):.2f} s"
@@ -123,7 +127,6 @@ class Bench:
 
         from tests.e2e.browser import chromium
 
-        chart = self.charts[TIMELINE]
         samples = []
         with chromium() as driver:
             driver.get(f"http://127.0.0.1:{self.env['COLLECTOR_PORT']}/shop/")
@@ -135,14 +138,7 @@ class Bench:
             for i in range(1, rounds + 1):
                 started = time.time()
                 driver.find_element(By.ID, "probe").click()
-                while True:
-                    rows = self.superset.chart_data(chart, force=False)
-                    if sum(int(r.get("clickprobe") or 0) for r in rows) >= i:
-                        samples.append(time.time() - started)
-                        break
-                    if time.time() - started > 60:
-                        raise SystemExit("benchmark: the click never reached the timeline")
-                    time.sleep(0.1)
+                samples.append(self.seconds_to_timeline("clickprobe", i, started))
                 time.sleep(1)
         self.report("click in the shop (Chromium) -> timeline chart data", ms(samples) + f", max {max(samples):.2f} s")
 

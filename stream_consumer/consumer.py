@@ -457,31 +457,36 @@ class StreamConsumer:
         """DEAD_LETTER_RETENTION_DAYS: deletes older dead letters, a bounded chunk per transaction."""
         from stream_consumer.dead_letters import purge
 
-        try:
-            deleted = purge(self.settings.consumer_dsn(), self.settings.dead_letter_retention_days)
-        except psycopg.Error as exc:
-            log.warning("dead-letter retention: %s; trying again in an hour", first_line(exc))
-            return
-        if deleted:
-            log.info(
-                "dead-letter retention: deleted %d dead letters older than %d days",
-                deleted,
-                self.settings.dead_letter_retention_days,
-            )
+        days = self.settings.dead_letter_retention_days
+        self._purge(
+            "dead-letter retention",
+            "an hour",
+            lambda: purge(self.settings.consumer_dsn(), days),
+            f"deleted %d dead letters older than {days} days",
+        )
 
     def _purge_event_ids(self) -> None:
         """CONSUMER_DEDUP_WINDOW_SECONDS: forgets the ids seen before the window began."""
         from stream_consumer.store import purge_event_ids
 
+        window = self.settings.consumer_dedup_window_seconds
+        self._purge(
+            "event id window",
+            "a minute",
+            lambda: purge_event_ids(self.settings.consumer_dsn(), window),
+            f"forgot %d ids older than {window} s",
+        )
+
+    @staticmethod
+    def _purge(what: str, again: str, delete, done: str) -> None:
+        """Runs on the writer thread, with a connection of its own: a failure is logged, not raised."""
         try:
-            deleted = purge_event_ids(self.settings.consumer_dsn(), self.settings.consumer_dedup_window_seconds)
+            deleted = delete()
         except psycopg.Error as exc:
-            log.warning("event id window: %s; trying again in a minute", first_line(exc))
+            log.warning("%s: %s; trying again in %s", what, first_line(exc), again)
             return
         if deleted:
-            log.debug(
-                "event id window: forgot %d ids older than %d s", deleted, self.settings.consumer_dedup_window_seconds
-            )
+            log.info("%s: " + done, what, deleted)
 
     def _report(self, now: float) -> None:
         if now - self._last_report >= 10:

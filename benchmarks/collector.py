@@ -26,6 +26,7 @@ import uuid
 
 from confluent_kafka import Producer
 
+from kafka_producer.producer import produce_one
 from kafka_producer.topics import ensure_topics
 from native.ephemeral import ROOT, EphemeralStack, free_port
 
@@ -135,12 +136,7 @@ def bench_direct(bootstrap: str, topic: str, n: int) -> float:
     values = [(str(e["user_id"]).encode(), json.dumps(e).encode()) for e in events(n)]
     started = time.perf_counter()
     for key, value in values:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce_one(producer, topic, key, value)
         producer.poll(0)
     assert producer.flush(60) == 0
     return n / (time.perf_counter() - started)

@@ -31,7 +31,7 @@ import msgspec
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from common.contract import InvalidMessage, decode_event
+from common.contract import MAY_REPEAT_HEADER, InvalidMessage, decode_event
 from common.settings import Settings
 
 log = logging.getLogger("collector")
@@ -323,9 +323,11 @@ class Collector:
         loop = asyncio.get_running_loop()
         pending = Pending(loop, loop.create_future(), len(messages))
         topic = self.settings.kafka_topic
+        # Clients retry with the same event_ids: the consumer counts each once within its window.
+        headers = [MAY_REPEAT_HEADER]
         for key, value in messages:
             try:
-                self.producer.produce(topic, value, key, on_delivery=pending.delivered)
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=pending.delivered)
             except (BufferError, KafkaException) as exc:
                 # What was queued still goes out; the client sends the batch again (counted once).
                 raise Reply(503, f"kafka cannot take events now ({exc}); send them again", _retry(1)) from None

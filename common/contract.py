@@ -31,6 +31,12 @@ EVENT_TIME_FLOOR = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _FLOOR_EPOCH = EVENT_TIME_FLOOR.timestamp()
 # ... and none is later than the time the message reached Kafka plus this (CONSUMER_MAX_FUTURE_SKEW).
 DEFAULT_MAX_FUTURE_SKEW = dt.timedelta(minutes=5)
+# A Kafka header by which a producer says that an event may reach the topic more than once with
+# the same event_id: the collector sets it, since its HTTP clients retry. The consumer counts such
+# an event once within its dedup window (CONSUMER_DEDUP_WINDOW_SECONDS). Events without it cost
+# nothing there: a producer that mints each id once and sends with Kafka's idempotence (which
+# drops its own retries), as kafka_producer does, cannot repeat one.
+MAY_REPEAT_HEADER = ("event-ids", b"may-repeat")
 
 _WORD = r"\A[a-z][a-z0-9_]*\Z"
 EventType = Annotated[str, msgspec.Meta(pattern=_WORD, max_length=50)]

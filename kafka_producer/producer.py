@@ -148,7 +148,7 @@ def run(settings: Settings, opts: Options) -> int:
     if opts.profiles:
         updated_at = opts.start_time or dt.datetime.now(dt.UTC)
         for key, value in gen.profiles(updated_at):
-            _produce(producer, settings.kafka_profiles_topic, key, value)
+            produce_one(producer, settings.kafka_profiles_topic, key, value)
         producer.flush(30)
 
     topic = settings.kafka_topic
@@ -178,7 +178,7 @@ def run(settings: Settings, opts: Options) -> int:
             except BufferError:
                 # The local queue is full: let librdkafka drain it, then retry this message.
                 producer.poll(0.05)
-                _produce(producer, topic, key, value)
+                produce_one(producer, topic, key, value)
             stats.produced = i + 1
         producer.poll(0)
         progress.update(stats, len(producer))
@@ -198,10 +198,13 @@ def run(settings: Settings, opts: Options) -> int:
     return 1 if stats.failed or left else 0
 
 
-def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
+def produce_one(
+    producer: Producer, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+) -> None:
+    """Produces one message, waiting for room in librdkafka's queue as long as it takes."""
     while True:
         try:
-            producer.produce(topic, value, key)
+            producer.produce(topic, value, key, headers=headers)
             return
         except BufferError:
             producer.poll(0.1)

@@ -18,6 +18,7 @@ import uuid
 
 from common.contract import (
     DEFAULT_MAX_FUTURE_SKEW,
+    MAY_REPEAT_HEADER,
     InvalidMessage,
     Reason,
     UserProfile,
@@ -99,7 +100,7 @@ class Record:
     Batch.add reads: a dead letter replayed from Postgres, or a test's message. `appended` is when
     the broker appended it (a LogAppendTime topic); None stands for a producer's create time."""
 
-    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_timestamp")
+    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_timestamp", "_headers")
 
     def __init__(
         self,
@@ -109,9 +110,11 @@ class Record:
         key: bytes | None,
         value: bytes | None,
         appended: dt.datetime | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         self._topic, self._partition, self._offset, self._key, self._value = topic, partition, offset, key, value
         self._timestamp = (LOG_APPEND_TIME, int(appended.timestamp() * 1000)) if appended else (0, -1)
+        self._headers = headers
 
     def topic(self) -> str:
         return self._topic
@@ -130,6 +133,9 @@ class Record:
 
     def timestamp(self) -> tuple[int, int]:
         return self._timestamp
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
 
 
 def append_time(msg) -> dt.datetime | None:
@@ -264,7 +270,8 @@ class Batch:
                 log.exception("failed on %s[%d]@%d; filing it as a dead letter", topic, msg.partition(), msg.offset())
                 self.dead_letter(msg, Reason.INTERNAL_ERROR, f"consumer error: {type(exc).__name__}: {exc}")
                 continue
-            if ids is not None:
+            # Only events that may arrive twice (MAY_REPEAT_HEADER: the collector's) are checked and recorded.
+            if ids is not None and (headers := msg.headers()) is not None and MAY_REPEAT_HEADER in headers:
                 if event.event_id in ids or event.event_id in known:
                     self.duplicates += 1  # a client's retry: counted the first time only
                     continue

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import psycopg
 from confluent_kafka import Producer
 
+from common.contract import MAY_REPEAT_HEADER
 from kafka_producer.events import EventGenerator
 from kafka_producer.topics import ensure_topics
 from native.ephemeral import ARTIFACTS, ROOT, EphemeralStack, free_port
@@ -221,10 +222,17 @@ class Pipeline:
                 sent.events += 1
                 sent.revenue_cents += cents
             where = {} if partitions is None else {"partition": rng.choice(partitions)}
+            # Every other event as the collector sends it: the crash tests cover recording ids too.
+            headers = [MAY_REPEAT_HEADER] if i % 2 else None
             while True:
                 try:
                     producer.produce(
-                        self.topic, value, key, on_delivery=lambda e, m, g=good: delivered(e, m, g), **where
+                        self.topic,
+                        value,
+                        key,
+                        headers=headers,
+                        on_delivery=lambda e, m, g=good: delivered(e, m, g),
+                        **where,
                     )
                     break
                 except BufferError:

@@ -23,8 +23,9 @@ BENCHMARKS = {
             rf"producer ratio +{NUMBER}x$",
             rf"--rate 1,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
             rf"--rate 10,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
-            rf"stream_consumer \(exactly once\), 1 process, 20,000 events, events/s +{NUMBER}$",
-            rf"without event_id deduplication \(CONSUMER_DEDUP_WINDOW_SECONDS=0\), events/s +{NUMBER} "
+            rf"stream_consumer \(exactly once\), 1 process, 20,000 events of kafka_producer, events/s +{NUMBER}$",
+            rf"as the collector sends them \(event-ids: may-repeat\), events/s +{NUMBER}$",
+            rf"with the window off \(CONSUMER_DEDUP_WINDOW_SECONDS=0\), events/s +{NUMBER} "
             r"\(with the window: [+-]\d+%\)$",
             rf"baseline: per-event upsert \+ commit .* events/s +{NUMBER}$",
             rf"consumer ratio +{NUMBER}x$",

@@ -324,3 +324,24 @@ def test_after_the_window_a_copy_counts_again_and_old_ids_are_forgotten(pipeline
         assert left == [fresh[0]["event_id"]]
     finally:
         c.close()
+
+
+def test_only_the_events_that_may_repeat_have_their_ids_remembered(pipeline):
+    """Through real Kafka headers: events with MAY_REPEAT_HEADER (the collector's) count once per
+    id and their ids are recorded; events without it (an idempotent producer that mints each id
+    once, as kafka_producer) are counted as they come and cost the window nothing."""
+    from confluent_kafka import Producer
+
+    from common.contract import MAY_REPEAT_HEADER
+    from kafka_producer.producer import produce_one
+
+    pipeline.start_consumer()
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap, "enable.idempotence": True})
+    plain, may_repeat = event(user_id=11), event(user_id=12)
+    for e, headers in ((plain, None), (may_repeat, [MAY_REPEAT_HEADER])):
+        for _ in range(2):
+            produce_one(producer, pipeline.topic, str(e["user_id"]).encode(), json.dumps(e).encode(), headers)
+    assert producer.flush(30) == 0
+    consumed(pipeline, 4)
+    assert views(pipeline) == {11: 2, 12: 1}
+    assert pipeline.query("SELECT event_id::text FROM streaming.event_ids") == [(may_repeat["event_id"],)]

@@ -7,16 +7,16 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.contract import Reason
+from common.contract import MAY_REPEAT_HEADER, Reason
 from stream_consumer.batch import Batch, Record, SessionRow, UserEventRow
 from tests.strategies import hostile_events
 
 APPENDED = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 
 
-def Msg(value, key=None, topic="user_events", partition=0, offset=0, appended=APPENDED) -> Record:
+def Msg(value, key=None, topic="user_events", partition=0, offset=0, appended=APPENDED, headers=None) -> Record:
     """A Kafka message as the consumer sees it, stamped by the broker at `appended`."""
-    return Record(topic, partition, offset, key, value, appended)
+    return Record(topic, partition, offset, key, value, appended, headers)
 
 
 S1, S2 = "0c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90", "1c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90"
@@ -228,10 +228,11 @@ def test_any_messages_are_each_counted_or_dead_lettered_exactly_once(pairs):
     assert sorted(d.offset for d in b.dead_letters) == sorted(set(d.offset for d in b.dead_letters))
 
 
-def with_id(msg: Record, event_id: str, offset: int) -> Record:
+def with_id(msg: Record, event_id: str, offset: int, may_repeat: bool = True) -> Record:
+    """The event of `msg` with this id, as the collector sends it (MAY_REPEAT_HEADER) unless not `may_repeat`."""
     body = json.loads(msg.value())
     body["event_id"] = event_id
-    return Msg(json.dumps(body).encode(), msg.key(), offset=offset)
+    return Msg(json.dumps(body).encode(), msg.key(), offset=offset, headers=[MAY_REPEAT_HEADER] if may_repeat else None)
 
 
 IDS = [str(uuid.UUID(int=i + 1)) for i in range(6)]
@@ -270,6 +271,20 @@ def test_with_a_dedup_window_each_event_id_counts_once_and_known_ids_not_at_all(
     assert sum(r.revenue_cents for r in again.minutes.values()) == 150 * sum(t == "purchase" for _, t in kept.values())
     assert again.next_offsets == batch.next_offsets == {("user_events", 0): len(msgs)}
     assert [d.offset for d in again.dead_letters] == [len(msgs) - 1]
+
+
+def test_only_events_that_may_repeat_are_checked_and_recorded():
+    """MAY_REPEAT_HEADER (the collector's): its events count once per id; events without it (an
+    idempotent producer that mints each id once, as kafka_producer) are neither checked nor recorded."""
+    msg = event()
+    plain = [with_id(msg, IDS[0], n, may_repeat=False) for n in range(2)]
+    may_repeat = [Msg(msg.value(), msg.key(), offset=n, headers=[("other", b"x"), MAY_REPEAT_HEADER]) for n in (2, 3)]
+    batch = Batch("user_events", "user_profiles", 65536, dedup_window=60)
+    batch.add([*plain, *may_repeat])
+    msg_id = uuid.UUID(json.loads(msg.value())["event_id"])
+    assert (batch.events, batch.duplicates, batch.event_ids) == (3, 1, {msg_id})
+    again = batch.deduplicated({uuid.UUID(IDS[0]), msg_id})
+    assert (again.events, again.duplicates) == (2, 2)
 
 
 def test_without_a_dedup_window_every_copy_counts():

@@ -82,9 +82,10 @@ ALTER TABLE streaming.dead_letter_events
 CREATE INDEX IF NOT EXISTS dead_letter_events_received_at_idx ON streaming.dead_letter_events (received_at);
 
 -- The event ids counted within the dedup window (CONSUMER_DEDUP_WINDOW_SECONDS): clients retry, so
--- one event may arrive twice; the batch that first counts it inserts its id in the same
--- transaction, and a later copy within the window is not counted. The consumer deletes ids older
--- than the window every minute (by seen_at): about rate x window rows.
+-- an event the collector sends (Kafka header event-ids: may-repeat) may arrive twice; the batch
+-- that first counts it inserts its id in the same transaction, and a later copy within the window
+-- is not counted. The consumer deletes ids older than the window every minute (by seen_at): about
+-- rate x window rows, counting the events with that header only.
 CREATE TABLE IF NOT EXISTS streaming.event_ids (
     event_id uuid        PRIMARY KEY,
     seen_at  timestamptz NOT NULL

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from common.contract import MAY_REPEAT_HEADER, InvalidMessage, decode_event
@@ -130,7 +130,7 @@ class Pending:
     left: int
     errors: list[str] = field(default_factory=list)
 
-    def delivered(self, err, _msg) -> None:
+    def delivered(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self.errors.append(str(err))
         self.left -= 1
@@ -192,10 +192,12 @@ class Collector:
                 log.error("%d accepted messages were not acknowledged by Kafka at shutdown", left)
 
     def _poll(self) -> None:
+        assert self.producer is not None  # start() made it
         while self._running:
             self.producer.poll(0.05)
 
     def _watch_kafka(self) -> None:
+        assert self.producer is not None  # start() made it
         while self._running:
             try:
                 topics = self.producer.list_topics(self.settings.kafka_topic, timeout=5).topics
@@ -210,7 +212,7 @@ class Collector:
             while self._running and time.monotonic() < deadline:
                 time.sleep(0.2)
 
-    def _on_kafka_error(self, err) -> None:
+    def _on_kafka_error(self, err: KafkaError) -> None:
         self.kafka_error = f"kafka: {err.str()}"
         log.warning("kafka: %s", err.str())
 
@@ -325,6 +327,7 @@ class Collector:
         topic = self.settings.kafka_topic
         # Clients retry with the same event_ids: the consumer counts each once within its window.
         headers = [MAY_REPEAT_HEADER]
+        assert self.producer is not None  # start() made it
         for key, value in messages:
             try:
                 self.producer.produce(topic, value, key, headers=headers, on_delivery=pending.delivered)

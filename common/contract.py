@@ -1,4 +1,4 @@
-"""The public contract of the `user_events` and `user_profiles` topics (see DESIGN.md).
+"""The public contract of the `user_events` and `user_profiles` topics (README, "The event contract").
 
 Any producer may write to the topics, so the consumer validates every message against these
 types; msgspec does the decoding and the type checks in C, which keeps validation off the
@@ -31,12 +31,14 @@ EVENT_TIME_FLOOR = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _FLOOR_EPOCH = EVENT_TIME_FLOOR.timestamp()
 # ... and none is later than the time the message reached Kafka plus this (CONSUMER_MAX_FUTURE_SKEW).
 DEFAULT_MAX_FUTURE_SKEW = dt.timedelta(minutes=5)
+# A Kafka header as confluent_kafka gives and takes it: (name, value), None for a null value.
+Header = tuple[str, str | bytes | None]
 # A Kafka header by which a producer says that an event may reach the topic more than once with
 # the same event_id: the collector sets it, since its HTTP clients retry. The consumer counts such
 # an event once within its dedup window (CONSUMER_DEDUP_WINDOW_SECONDS). Events without it cost
 # nothing there: a producer that mints each id once and sends with Kafka's idempotence (which
 # drops its own retries), as kafka_producer does, cannot repeat one.
-MAY_REPEAT_HEADER = ("event-ids", b"may-repeat")
+MAY_REPEAT_HEADER: Header = ("event-ids", b"may-repeat")
 
 _WORD = r"\A[a-z][a-z0-9_]*\Z"
 EventType = Annotated[str, msgspec.Meta(pattern=_WORD, max_length=50)]
@@ -104,7 +106,6 @@ class InvalidMessage(ValueError):
 
 _event_decoder = msgspec.json.Decoder(Event)
 _profile_decoder = msgspec.json.Decoder(UserProfile)
-event_encoder = msgspec.json.Encoder()
 
 
 def _refusal(exc: Exception) -> InvalidMessage:
@@ -117,11 +118,13 @@ def _refusal(exc: Exception) -> InvalidMessage:
     return InvalidMessage(Reason.MALFORMED, str(exc))
 
 
-def _check_size(value: bytes | None, max_bytes: int, null_error: str) -> None:
+def _check_size(value: bytes | None, max_bytes: int, null_error: str) -> bytes:
+    """`value`, or InvalidMessage if it is null or over `max_bytes`."""
     if value is None:
         raise InvalidMessage(Reason.NULL_VALUE, null_error)
     if len(value) > max_bytes:
         raise InvalidMessage(Reason.OVERSIZE, f"oversize message: {len(value)} bytes > limit {max_bytes}")
+    return value
 
 
 def check_time(field: str, at: dt.datetime, latest: float) -> float:
@@ -150,7 +153,7 @@ def decode_event(value: bytes | None, max_bytes: int, latest: float) -> tuple[Ev
 
     The consumer's hot path: a valid event costs one Python call here, the rest is msgspec's C."""
     if value is None or len(value) > max_bytes:
-        _check_size(value, max_bytes, "empty message (null value)")
+        value = _check_size(value, max_bytes, "empty message (null value)")  # raises
     try:
         event = _event_decoder.decode(value)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
@@ -166,7 +169,7 @@ def decode_event(value: bytes | None, max_bytes: int, latest: float) -> tuple[Ev
 def decode_profile(value: bytes | None, max_bytes: int, latest: float) -> UserProfile:
     """The profile in `value`, or InvalidMessage saying why it breaks the contract (`latest` as
     for decode_event)."""
-    _check_size(value, max_bytes, "tombstone (null value): profile deletion is not part of the contract")
+    value = _check_size(value, max_bytes, "tombstone (null value): profile deletion is not part of the contract")
     try:
         profile = _profile_decoder.decode(value)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:

@@ -7,15 +7,24 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+from dotenv import dotenv_values
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.contract import DEFAULT_MAX_FUTURE_SKEW
 
+# The checkout's root: every path the code builds starts here.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = REPO_ROOT / ".env"
+
+
+def env_file_values(path: Path = ENV_FILE) -> dict[str, str]:
+    """The settings a `.env` file states, parsed as pydantic (Settings) and docker compose parse it
+    (python-dotenv: quotes, comments, `export`); a bare name without `=` states nothing."""
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -101,7 +110,7 @@ def _dsn(s: Settings, user: str, password: str, app: str) -> str:
     )
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:  # Any: pydantic validates them
     """Settings or a one-line error per bad variable on stderr and exit status 2 (never a traceback)."""
     try:
         return Settings(**overrides)

@@ -91,6 +91,7 @@ class EventGenerator:
         if r() < NEW_SESSION_PROBABILITY:
             self.user_session[user_id] = uuid4_text(rng.getrandbits(128))
         x = r()
+        product_id: int | None  # None on a view of a static page
         product_id = int(r() * PRODUCTS) + 1
         if x < VIEW_SHARE:
             event_type, amount = "view", "null"

@@ -6,12 +6,14 @@ import datetime as dt
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from common.contract import Header
 from common.metrics import MetricsServer
 from common.settings import Settings
 from kafka_producer.events import EventGenerator
@@ -47,11 +49,11 @@ class Stats:
             "kafka_producer_target_rate", "Events/s asked for (0: flat out)", value=self.target_rate
         )
 
-    def on_error(self, err) -> None:
+    def on_error(self, err: KafkaError) -> None:
         # Client-level errors (broker down, ...): librdkafka retries by itself; show the latest.
         self.broker_error = err.str()
 
-    def on_delivery(self, err, msg) -> None:
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         # Only failures are reported (delivery.report.only.error): one callback per error.
         if err is not None:
             self.failed += 1
@@ -107,17 +109,11 @@ class Progress:
 
 
 def run(settings: Settings, opts: Options) -> int:
+    """Produces as `opts` asks until its count is reached or SIGINT/SIGTERM; 0 when every event was
+    acknowledged, 1 when some were not, 2 when Kafka cannot be reached."""
     gen = EventGenerator(opts.users, opts.seed)
-    step = 1 / opts.rate if opts.rate else 0.001
-    base = opts.start_time.timestamp() if opts.start_time else None
-
     if opts.dry_run:
-        out = sys.stdout.buffer
-        for i in range(opts.events if opts.events is not None else 10):
-            _, value = gen.event(base + i * step if base is not None else time.time())
-            out.write(value + b"\n")
-        return 0
-
+        return dry_run(gen, opts)
     stats = Stats(opts.rate)
     registry = CollectorRegistry()
     registry.register(stats)
@@ -144,20 +140,63 @@ def run(settings: Settings, opts: Options) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-
     if opts.profiles:
-        updated_at = opts.start_time or dt.datetime.now(dt.UTC)
-        for key, value in gen.profiles(updated_at):
-            produce_one(producer, settings.kafka_profiles_topic, key, value)
-        producer.flush(30)
-
-    topic = settings.kafka_topic
-    produce = producer.produce
+        produce_profiles(producer, settings.kafka_profiles_topic, gen, opts.start_time)
     progress = Progress()
+    t0 = time.monotonic()
+    produce_events(producer, settings.kafka_topic, gen, opts, stats, progress, lambda: stopping)
+    left = producer.flush(30)
+    progress.update(stats, left, force=True)
+    if progress.tty:
+        sys.stderr.write("\n")
+    elapsed = time.monotonic() - t0
+    print(
+        f"done: {stats.produced:,} events in {elapsed:.1f} s ({stats.produced / max(elapsed, 1e-9):,.0f}/s), "
+        f"{stats.failed:,} delivery errors, {left:,} undelivered",
+        file=sys.stderr,
+    )
+    if stats.first_error:
+        print(f"first delivery error: {stats.first_error}", file=sys.stderr)
+    return 1 if stats.failed or left else 0
+
+
+def dry_run(gen: EventGenerator, opts: Options) -> int:
+    """--dry-run: the events as JSON lines on stdout (10 unless --events), nothing sent."""
+    step = 1 / opts.rate if opts.rate else 0.001
+    base = opts.start_time.timestamp() if opts.start_time else None
+    out = sys.stdout.buffer
+    for i in range(opts.events if opts.events is not None else 10):
+        _, value = gen.event(base + i * step if base is not None else time.time())
+        out.write(value + b"\n")
+    return 0
+
+
+def produce_profiles(producer: Producer, topic: str, gen: EventGenerator, start_time: dt.datetime | None) -> None:
+    """Every user's profile, once, before the events (updated now, or at --start-time)."""
+    updated_at = start_time or dt.datetime.now(dt.UTC)
+    for key, value in gen.profiles(updated_at):
+        produce_one(producer, topic, key, value)
+    producer.flush(30)
+
+
+def produce_events(
+    producer: Producer,
+    topic: str,
+    gen: EventGenerator,
+    opts: Options,
+    stats: Stats,
+    progress: Progress,
+    stopping: Callable[[], bool],
+) -> None:
+    """The paced loop: at --rate, the events due so far in chunks of at most 1,000 (flat out at 0),
+    until --events or `stopping()`. The clock is the wall clock, or --start-time + i / rate."""
+    step = 1 / opts.rate if opts.rate else 0.001
+    base = opts.start_time.timestamp() if opts.start_time else None
+    produce = producer.produce
     limit = opts.events
     t0 = time.monotonic()
     chunk = 1000
-    while not stopping and (limit is None or stats.produced < limit):
+    while not stopping() and (limit is None or stats.produced < limit):
         if opts.rate:
             due = int((time.monotonic() - t0) * opts.rate)
             n = due - stats.produced
@@ -183,24 +222,8 @@ def run(settings: Settings, opts: Options) -> int:
         producer.poll(0)
         progress.update(stats, len(producer))
 
-    left = producer.flush(30)
-    progress.update(stats, left, force=True)
-    if progress.tty:
-        sys.stderr.write("\n")
-    elapsed = time.monotonic() - t0
-    print(
-        f"done: {stats.produced:,} events in {elapsed:.1f} s ({stats.produced / max(elapsed, 1e-9):,.0f}/s), "
-        f"{stats.failed:,} delivery errors, {left:,} undelivered",
-        file=sys.stderr,
-    )
-    if stats.first_error:
-        print(f"first delivery error: {stats.first_error}", file=sys.stderr)
-    return 1 if stats.failed or left else 0
 
-
-def produce_one(
-    producer: Producer, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
-) -> None:
+def produce_one(producer: Producer, topic: str, key: bytes, value: bytes, headers: list[Header] | None = None) -> None:
     """Produces one message, waiting for room in librdkafka's queue as long as it takes."""
     while True:
         try:

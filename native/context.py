@@ -10,14 +10,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dotenv import dotenv_values
-
-ROOT = Path(__file__).resolve().parents[1]
+from common.settings import REPO_ROOT as ROOT
+from common.settings import env_file_values
 
 
 def env_file() -> dict[str, str]:
     """The settings `.env` states (the file users edit)."""
-    return {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None}
+    return env_file_values()
 
 
 def merged_env() -> dict[str, str]:
@@ -27,6 +26,10 @@ def merged_env() -> dict[str, str]:
 
 @dataclass
 class Context:
+    """What every native service sees: the settings (`env`: `.env` under the process environment,
+    or a test's own), the checkout, the state folder and the shared download cache, plus helpers to
+    log and run commands. It holds no process; the services and the Supervisor do."""
+
     env: dict[str, str] = field(default_factory=merged_env)
 
     @property

@@ -14,11 +14,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from common.settings import load_settings
 
+if TYPE_CHECKING:
+    from stream_consumer.dead_letters import Selection
 
-def _selection(args) -> object:
+
+def _selection(args) -> Selection:
     from stream_consumer.dead_letters import Selection, parse_time
 
     try:

@@ -1,7 +1,8 @@
 """Pure micro-batch aggregation: messages in, the rows of one Postgres transaction out.
 
 No Kafka client and no Postgres here. A message is anything with Kafka's Message accessors
-(topic(), partition(), offset(), key(), value(), timestamp()): the consumer's, or a `Record`.
+(topic(), partition(), offset(), key(), value(), timestamp(), headers(); `KafkaMessage`): the
+consumer's, or a `Record`.
 
 No message can make `add` raise: whatever goes wrong while decoding, checking or aggregating one
 message (the contract's InvalidMessage, or any other exception, which would be a bug of ours)
@@ -15,10 +16,13 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Sequence
+from typing import Protocol
 
 from common.contract import (
     DEFAULT_MAX_FUTURE_SKEW,
     MAY_REPEAT_HEADER,
+    Header,
     InvalidMessage,
     Reason,
     UserProfile,
@@ -95,6 +99,20 @@ def _exact(raw: bytes | None, limit: int) -> bool:
     return True
 
 
+class KafkaMessage(Protocol):
+    """What Batch reads of a Kafka message: confluent_kafka's Message accessors as a message
+    consumed without error() has them (its stub says None too, for a Message built by hand or an
+    error), or a `Record`."""
+
+    def topic(self) -> str: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def timestamp(self) -> tuple[int, int]: ...  # (timestamp type, epoch milliseconds)
+    def headers(self) -> list[Header] | None: ...
+
+
 class Record:
     """A Kafka message as a plain value, with the accessors of confluent_kafka's Message that
     Batch.add reads: a dead letter replayed from Postgres, or a test's message. `appended` is when
@@ -110,7 +128,7 @@ class Record:
         key: bytes | None,
         value: bytes | None,
         appended: dt.datetime | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[Header] | None = None,
     ) -> None:
         self._topic, self._partition, self._offset, self._key, self._value = topic, partition, offset, key, value
         self._timestamp = (LOG_APPEND_TIME, int(appended.timestamp() * 1000)) if appended else (0, -1)
@@ -134,11 +152,11 @@ class Record:
     def timestamp(self) -> tuple[int, int]:
         return self._timestamp
 
-    def headers(self) -> list[tuple[str, bytes]] | None:
+    def headers(self) -> list[Header] | None:
         return self._headers
 
 
-def append_time(msg) -> dt.datetime | None:
+def append_time(msg: KafkaMessage) -> dt.datetime | None:
     """When the broker appended the message; None where the topic keeps the producer's create time
     (anyone may set that to anything, so it proves nothing)."""
     kind, ms = msg.timestamp()
@@ -149,7 +167,12 @@ class Batch:
     """Aggregates of one micro-batch, plus its dead letters and the next offset of each partition.
 
     It keeps its messages too: if Postgres refuses the batch for its data, the writer splits it
-    (`halves`) until the one message at fault is alone and can be filed as a dead letter."""
+    (`halves`) until the one message at fault is alone and can be filed as a dead letter.
+
+    It promises that `add` never raises on account of a message (a bad one becomes a dead letter)
+    and that rebuilding it from its messages (`halves`, `deduplicated`, `refused`) gives the same
+    offsets. It is pure: no I/O, no clock but `wall_clock`. It is not thread-safe and not for
+    reuse after it was handed to the writer."""
 
     def __init__(
         self,
@@ -174,7 +197,7 @@ class Batch:
         self.users: dict[int, UserProfile] = {}
         self.dead_letters: list[DeadLetter] = []
         self.next_offsets: dict[TopicPartition, int] = {}
-        self.messages: list = []
+        self.messages: list[KafkaMessage] = []
         self.events = 0
         # CONSUMER_DEDUP_WINDOW_SECONDS: an event_id is counted once within this many seconds (0: off).
         # The batch counts each id once and collects them; at commit, ids Postgres has already seen
@@ -232,7 +255,7 @@ class Batch:
             )
         return batch
 
-    def add(self, messages) -> None:
+    def add(self, messages: Sequence[KafkaMessage]) -> None:
         """Adds Kafka messages (no error messages) in their partition order."""
         events_topic, max_bytes = self.events_topic, self.max_event_bytes
         user_events, minutes, sessions = self.user_events, self.minutes, self.sessions
@@ -314,7 +337,7 @@ class Batch:
             for (m, e), row in self.minutes.items()
         ]
 
-    def _add_profile(self, msg, latest: float) -> None:
+    def _add_profile(self, msg: KafkaMessage, latest: float) -> None:
         if msg.topic() != self.profiles_topic:
             raise InvalidMessage(Reason.UNEXPECTED_TOPIC, f"unexpected topic {msg.topic()!r}")
         profile = decode_profile(msg.value(), self.max_event_bytes, latest)
@@ -327,7 +350,7 @@ class Batch:
         if current is None or profile.updated_at >= current.updated_at:
             self.users[profile.user_id] = profile
 
-    def dead_letter(self, msg, reason: Reason, error: str) -> None:
+    def dead_letter(self, msg: KafkaMessage, reason: Reason, error: str) -> None:
         value = msg.value()
         if value is not None and len(value) > self.max_event_bytes:
             error += f" (raw_value keeps the first {self.max_event_bytes} bytes)"

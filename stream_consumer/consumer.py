@@ -12,13 +12,14 @@ import logging
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import cast
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from common.metrics import MetricsServer
 from common.settings import Settings
-from stream_consumer.batch import Batch
+from stream_consumer.batch import Batch, KafkaMessage
 from stream_consumer.batch import TopicPartition as PartitionKey
 from stream_consumer.metrics import ConsumerMetrics
 from stream_consumer.store import Fenced, Store
@@ -63,7 +64,14 @@ def reset_command(topic: str, partition: int) -> str:
 
 
 class StreamConsumer:
-    """One member of the consumer group.
+    """One member of the consumer group: it owns its Kafka consumer, the open batch, the writer
+    thread (with its Store and connection) and its health and metrics.
+
+    It promises that every message of the partitions it owns is counted exactly once in the
+    `streaming` tables, or filed once as a dead letter, whatever crashes or rebalances happen:
+    offsets move only in the transaction that writes the aggregates (Store.commit). It is not for
+    reading the topics for anything else (it takes partitions from the group and moves its stored
+    offsets), and one instance serves one process: it installs signal handlers and a metrics port.
 
     The states of its data, and what moves between them:
     - **open batch** (`self.batch`): messages read since the last hand-over, aggregated in memory
@@ -324,8 +332,8 @@ class StreamConsumer:
         log.info("signal %d: finishing the open batch and leaving the group", signum)
         self.stopping = True
 
-    def _add(self, msgs) -> None:
-        good = msgs
+    def _add(self, msgs: list[Message]) -> None:
+        good: list[Message] = msgs
         if any(m.error() for m in msgs):
             good = []
             for m in msgs:
@@ -333,7 +341,7 @@ class StreamConsumer:
                 if err is None:
                     good.append(m)
                 elif err.code() == KafkaError._AUTO_OFFSET_RESET:
-                    key = (m.topic(), m.partition())
+                    key = cast(PartitionKey, (m.topic(), m.partition()))  # a partition's error names it
                     self._refuse_while_reading(
                         key,
                         f"the next offset to read, {self.start_offsets.get(key)}, is no longer in the log "
@@ -346,7 +354,8 @@ class StreamConsumer:
         if good:
             if not len(self.batch):
                 self.batch_started = time.monotonic()
-            self.batch.add(good)
+            # Without error(), a consumed message has its topic, partition and offset (KafkaMessage).
+            self.batch.add(cast("list[KafkaMessage]", good))
 
     def flush(self, wait: bool = True) -> bool:
         """Hands the open batch to the writer thread, which commits it while the next one fills.
@@ -475,10 +484,11 @@ class StreamConsumer:
             "a minute",
             lambda: purge_event_ids(self.settings.consumer_dsn(), window),
             f"forgot %d ids older than {window} s",
+            logging.DEBUG,  # every minute, as a matter of course
         )
 
     @staticmethod
-    def _purge(what: str, again: str, delete, done: str) -> None:
+    def _purge(what: str, again: str, delete, done: str, level: int = logging.INFO) -> None:
         """Runs on the writer thread, with a connection of its own: a failure is logged, not raised."""
         try:
             deleted = delete()
@@ -486,7 +496,7 @@ class StreamConsumer:
             log.warning("%s: %s; trying again in %s", what, first_line(exc), again)
             return
         if deleted:
-            log.info("%s: " + done, what, deleted)
+            log.log(level, "%s: " + done, what, deleted)
 
     def _report(self, now: float) -> None:
         if now - self._last_report >= 10:

@@ -47,7 +47,8 @@ class Selection:
     until: dt.datetime | None = None
 
     def where(self) -> tuple[str, dict]:
-        conds, params = ["true"], {}
+        conds = ["true"]
+        params: dict[str, object] = {}
         if self.ids:
             conds.append("id = ANY(%(ids)s)")
             params["ids"] = self.ids
@@ -98,6 +99,7 @@ def show(settings: Settings, id_: int, out=sys.stdout) -> int:
     with psycopg.connect(settings.consumer_dsn()) as conn:
         cur = conn.execute("SELECT * FROM streaming.dead_letter_events WHERE id = %s", (id_,))
         row = cur.fetchone()
+        assert cur.description is not None  # a SELECT's
         names = [c.name for c in cur.description]
     if row is None:
         print(f"error: no dead letter with id {id_}", file=sys.stderr)

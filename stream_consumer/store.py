@@ -107,6 +107,14 @@ AGGREGATE_TABLES = ("user_events", "event_minutes", "sessions", "users", "dead_l
 
 
 class Store:
+    """The consumer group's side of Postgres: one connection (reopened when broken), the fenced
+    commit of a batch with its offsets, the group's stored offsets, and the rebuild's reset.
+
+    It promises that a batch's aggregates, dead letters, event ids and offsets land in one
+    transaction or not at all, and only if no one moved the offsets since the batch began (else
+    Fenced). It is not thread-safe: one writer thread uses it; purges and the CLI open their own
+    connections."""
+
     def __init__(self, dsn: str, group: str) -> None:
         self.dsn = dsn
         self.group = group
@@ -235,17 +243,17 @@ def write_aggregates(cur: psycopg.Cursor, batch: Batch) -> Batch:
     if batch.minutes:
         cur.execute(UPSERT_MINUTES, tuple(map(list, zip(*batch.minute_rows()))))
     if batch.sessions:
-        rows = batch.sessions.values()
+        srows = batch.sessions.values()
         cur.execute(
             UPSERT_SESSIONS,
             (
                 [s for s, _ in batch.sessions],
                 [u for _, u in batch.sessions],
-                [r.first_at for r in rows],
-                [r.last_at for r in rows],
-                [r.events for r in rows],
-                [r.purchases for r in rows],
-                [r.revenue_cents for r in rows],
+                [r.first_at for r in srows],
+                [r.last_at for r in srows],
+                [r.events for r in srows],
+                [r.purchases for r in srows],
+                [r.revenue_cents for r in srows],
             ),
         )
     if batch.users:

@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import yaml
+from dotenv import dotenv_values
 
 HERE = Path(__file__).resolve().parent
 BUNDLE = HERE / "dashboards"
@@ -44,13 +45,10 @@ def tidy(text: str) -> str:
 
 
 def settings() -> dict[str, str]:
-    env = {}
-    dotenv = HERE.parent / ".env"
-    if dotenv.exists():
-        for line in dotenv.read_text().splitlines():
-            if "=" in line and not line.lstrip().startswith("#"):
-                key, value = line.split("=", 1)
-                env[key.strip()] = value.strip()
+    """`.env` with the environment on top, parsed as everything else parses it (python-dotenv, which
+    Superset's venv and the project's .venv both have; common.settings.env_file_values is not
+    importable from Superset's venv, which lacks pydantic-settings)."""
+    env = {k: v for k, v in dotenv_values(HERE.parent / ".env").items() if v is not None}
     env.update(os.environ)
     return env
 

@@ -25,7 +25,7 @@ class KafkaOffsets:
         ]
         if not partitions:
             return {}
-        offsets = {}
+        offsets: dict[TopicPartition, dict[str, int]] = {}
         for name, spec in (("low", OffsetSpec.earliest()), ("high", OffsetSpec.latest())):
             futures = self.admin.list_offsets({tp: spec for tp in partitions}, request_timeout=self.timeout)
             for tp, future in futures.items():
@@ -54,7 +54,9 @@ class StoredOffsets:
             self.conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
         try:
             rows = self.conn.execute(self.QUERY, (self.group,)).fetchall()
-            now = self.conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
+            row = self.conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+            assert row is not None  # a SELECT without FROM: one row
+            now = row[0]
         except psycopg.Error:
             self.conn.close()
             raise

@@ -55,15 +55,8 @@ class KafkaProducerService(Service):
 
     def program(self, ctx: Context) -> Program:
         return Program(
-            argv=[
-                str(ctx.python),
-                "-m",
-                "kafka_producer",
-                "--rate",
-                ctx["PRODUCER_RATE"],
-                "--users",
-                ctx["PRODUCER_USERS"],
-            ],
+            # PRODUCER_RATE and PRODUCER_USERS (in ctx.env) are its defaults for --rate and --users
+            argv=[str(ctx.python), "-m", "kafka_producer"],
             env=ctx.env,
             directory=str(ctx.root),
         )

@@ -24,6 +24,14 @@ class Program:
 
 
 class Service:
+    """One service of `./stack`, as compose has one service per image: it owns its state folder
+    under the stack's state directory and the supervisord programs it declares.
+
+    `./stack up` calls install (once, cached), prepare, then starts its programs and polls
+    `healthy` for `start_timeout` seconds, then `after_start`. Every method must be idempotent:
+    `up` runs again over a running stack. A service reads settings from `ctx.env` only (the
+    merged `.env` and environment), never from os.environ, so that a test's stack stays its own."""
+
     name: str = ""
     depends_on: tuple[str, ...] = ()
     #: seconds `up` waits for health before it gives up

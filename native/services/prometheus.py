@@ -17,10 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from common.settings import REPO_ROOT
 from native.context import Context
 from native.services.base import Program, Service
 
-MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
+MONITORING = REPO_ROOT / "monitoring"
 HOST = "127.0.0.1"
 #: Debian package -> (its binary, the .env variable with the compose image's tag: same version)
 PACKAGES = {
@@ -146,7 +147,7 @@ class PrometheusService(Service):
         base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         # Each program's environment holds the .env settings its rendered config came from, so
         # that `./stack up` restarts it when one of them changes (see Supervisor.write_config).
-        rendered_from = {
+        rendered_from: dict[str, str] = {
             k: ctx.env[k]
             for k in (
                 "PROMETHEUS_PORT",

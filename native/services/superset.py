@@ -12,10 +12,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from common.settings import REPO_ROOT
 from native.context import Context
 from native.services.base import Program, Service
 
-SUPERSET = Path(__file__).resolve().parents[2] / "superset"
+SUPERSET = REPO_ROOT / "superset"
 HOST = "127.0.0.1"
 
 

@@ -13,11 +13,12 @@ import os
 import shutil
 from pathlib import Path
 
+from common.settings import REPO_ROOT
 from native.context import Context
 from native.services.base import Program, Service
 
 HERE = Path(__file__).resolve().parents[1] / "trino"
-ETC = Path(__file__).resolve().parents[2] / "trino" / "etc"
+ETC = REPO_ROOT / "trino" / "etc"
 #: One real read through a connector: /v1/info says "ready" a few seconds before queries stop
 #: failing with NO_NODES_AVAILABLE.
 HEALTH_QUERY = "SELECT count(*) FROM postgresql.streaming.consumer_offsets"

@@ -28,7 +28,7 @@ from confluent_kafka import Producer
 
 from kafka_producer.producer import produce_one
 from kafka_producer.topics import ensure_topics
-from native.ephemeral import ROOT, EphemeralStack, free_port
+from tests.support.ephemeral import ROOT, EphemeralStack, free_port
 
 SERVERS = ("uvicorn", "granian")
 

@@ -1,4 +1,5 @@
-"""The reference README's consumer, kept as the baseline: per-event upsert + commit, Kafka auto-commit.
+"""The reference README's consumer, kept as the baseline: per-event upsert + commit, Kafka auto-commit
+(that README: the demo this project rebuilds, docs/architecture.md).
 
     python -m benchmarks.naive_consumer
 

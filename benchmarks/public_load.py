@@ -41,10 +41,10 @@ import psutil
 import trino
 from benchmarks.serving import pct
 from native.context import Context
-from native.ephemeral import EphemeralStack
 from native.stack import Supervisor
-from tests.e2e.pipeline import SERVICE_NAMES, marts_exist, wait_for_marts
+from tests.e2e.pipeline_waits import SERVICE_NAMES, marts_exist, wait_for_marts
 from tests.e2e.superset_api import SupersetClient, dashboard_request
+from tests.support.ephemeral import EphemeralStack
 
 SERVICES = [*SERVICE_NAMES, "kafka_producer"]
 #: Chart-data requests wait at most this long (a browser gives up too).

@@ -30,11 +30,11 @@ import psutil
 
 import trino
 from native.context import Context
-from native.ephemeral import EphemeralStack
 from native.stack import Supervisor
 from tests.e2e.events import event, produce
-from tests.e2e.pipeline import marts_exist, wait_for_marts
+from tests.e2e.pipeline_waits import marts_exist, wait_for_marts
 from tests.e2e.superset_api import SupersetClient
+from tests.support.ephemeral import EphemeralStack
 
 TIMELINE = "Real-time event timeline (events per minute)"
 

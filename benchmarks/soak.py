@@ -29,9 +29,9 @@ import psutil
 import psycopg
 
 from native.context import Context
-from native.ephemeral import EphemeralStack
 from native.services import SERVICES
 from native.stack import Supervisor
+from tests.support.ephemeral import EphemeralStack
 
 #: the tables the consumer upserts on every batch
 HOT_TABLES = ("user_events", "event_minutes", "sessions", "consumer_offsets")

@@ -27,7 +27,7 @@ from faker import Faker
 from common.contract import MAY_REPEAT_HEADER
 from kafka_producer.producer import produce_one
 from kafka_producer.topics import ensure_topics
-from native.ephemeral import ROOT, EphemeralStack
+from tests.support.ephemeral import ROOT, EphemeralStack
 
 PARTITIONS = 6
 
@@ -212,7 +212,7 @@ class Bench:
             proc.wait(30)
 
     def naive_consume(self, topic: str, group: str, seconds: float) -> float:
-        """Baseline: the reference README's consumer for `seconds`, events/s from its table."""
+        """Baseline: the reference README's consumer (docs/architecture.md) for `seconds`, events/s from its table."""
         self.sql("TRUNCATE streaming.user_events")
         proc = self.start_consumer(topic, group, "benchmarks.naive_consumer")
         try:

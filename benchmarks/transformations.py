@@ -9,11 +9,12 @@ freshness with the whole pipeline running at a steady rate under Airflow.
 Starts its own throwaway native stacks on free ports and prints figures.
 
 Build times: the `streaming` tables are seeded with SQL (generate_series) in the shape the
-consumer leaves after N events at the reference README's rate of ~1,000 events/minute (N/1,000
-minutes of history, a session per 20 events, `--users` users), then `dbt build` runs: once in
-full (`--full-refresh`, the first build), then `--builds` times after each time one more minute
-of traffic arrived (upserts into recent rows plus late events into old minutes and sessions, as
-the consumer writes them): the build Airflow runs every minute.
+consumer leaves after N events at the reference README's rate of ~1,000 events/minute (that
+README: docs/architecture.md; N/1,000 minutes of history, a session per 20 events, `--users`
+users), then `dbt build` runs: once in full (`--full-refresh`, the first build), then `--builds`
+times after each time one more minute of traffic arrived (upserts into recent rows plus late
+events into old minutes and sessions, as the consumer writes them): the build Airflow runs every
+minute.
 
 Freshness: postgres, kafka, stream_consumer, kafka_producer (at `--rate` events/s) and airflow,
 untouched. Beside the producer, a probe sends one event a second of its own type for its own
@@ -38,7 +39,10 @@ import psycopg
 from confluent_kafka import Producer
 
 from native.context import Context
-from native.ephemeral import ROOT, EphemeralStack
+from tests.support.ephemeral import ROOT, EphemeralStack
+from tests.support.events import STREAMING_TABLES as STREAMING
+from tests.support.events import encode, key
+from tests.support.events import event as build_event
 
 EVENTS_PER_MINUTE = 1_000
 EVENTS_PER_SESSION = 20
@@ -46,7 +50,7 @@ EVENTS_PER_SESSION = 20
 SHARES = {"view": 0.70, "click": 0.25, "purchase": 0.05}
 PROBE_USER = 987_654_321
 PROBE_TYPE = "probe"
-STREAMING_TABLES = "streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users"
+STREAMING_TABLES = ", ".join(STREAMING)
 # The tests analytics_reconciliation runs instead of the every-minute build (dbt_runner/tasks.py).
 RECONCILIATION = "tag:reconciliation"
 
@@ -227,15 +231,14 @@ class Probe:
     def run(self) -> None:
         while not self.stop.is_set():
             now = time.time()
-            event = {
-                "schema_version": 1,
-                "event_id": str(uuid.uuid4()),
-                "event_type": PROBE_TYPE,
-                "user_id": PROBE_USER,
-                "session_id": self.session,
-                "occurred_at": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="milliseconds"),
-            }
-            self.producer.produce(self.topic, json.dumps(event).encode(), str(PROBE_USER).encode())
+            event = build_event(
+                PROBE_USER,
+                PROBE_TYPE,
+                session_id=self.session,
+                occurred_at=dt.datetime.fromtimestamp(now, dt.UTC),
+                timespec="milliseconds",
+            )
+            self.producer.produce(self.topic, encode(event), key(event))
             self.producer.flush(10)
             self.sent.append(now)
             self.stop.wait(max(0.0, 1 - (time.time() - now)))

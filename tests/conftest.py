@@ -2,7 +2,7 @@
 
 from hypothesis import settings
 
-from native.ephemeral import ARTIFACTS, ROOT, EphemeralStack, free_port
+from tests.support.ephemeral import ARTIFACTS, ROOT, EphemeralStack, free_port
 
 # Property-based tests: no per-example deadline (the machine runs whole stacks beside them, and a
 # slow example is not a failure), and a failure prints what reproduces it.

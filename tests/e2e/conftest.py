@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import pytest
 
 from native.context import Context
-from native.ephemeral import EphemeralStack
 from tests.e2e.events import KnownEvents, plan, produce
-from tests.e2e.pipeline import SERVICE_NAMES, marts_match_streaming, query, wait_for, wait_for_marts
+from tests.e2e.pipeline_waits import SERVICE_NAMES, marts_match_streaming, query, wait_for, wait_for_marts
 from tests.e2e.superset_api import SupersetClient
+from tests.support.ephemeral import EphemeralStack
 
 
 @pytest.fixture(scope="package")

@@ -11,21 +11,22 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 
+from tests.support.events import event as build_event
+
 
 def event(user_id: int, event_type: str, session_id: str, at: dt.datetime, amount: float | None = None) -> dict:
-    return {
-        "schema_version": 1,
-        "event_id": str(uuid.uuid4()),
-        "event_type": event_type,
-        "user_id": user_id,
-        "session_id": session_id,
-        "occurred_at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "page": f"/products/{user_id % 50}",
-        "product_id": user_id % 50 if event_type == "purchase" else None,
-        "amount": amount,
-        "device": "desktop",
-        "country": "DE",
-    }
+    return build_event(
+        user_id,
+        event_type,
+        session_id=session_id,
+        occurred_at=at,
+        amount=amount,
+        timespec="milliseconds",
+        page=f"/products/{user_id % 50}",
+        product_id=user_id % 50 if event_type == "purchase" else None,
+        device="desktop",
+        country="DE",
+    )
 
 
 @dataclass

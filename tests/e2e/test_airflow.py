@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.e2e.events import event, produce
-from tests.e2e.pipeline import query, wait_for
+from tests.e2e.pipeline_waits import query, wait_for
 
 DAG = "analytics_dbt_build"
 

@@ -15,10 +15,10 @@ from decimal import ROUND_HALF_UP, Decimal
 import pytest
 
 from native.context import Context
-from native.ephemeral import ARTIFACTS, ROOT
 from native.services.superset import SupersetService
 from tests.e2e.browser import chromium, login, render_dashboard
 from tests.e2e.superset_api import DASHBOARD_SLUG, SupersetClient
+from tests.support.ephemeral import ARTIFACTS, ROOT
 
 TOP_USERS = "Top users by total activity"
 EVENT_TYPES = "Event type distribution"

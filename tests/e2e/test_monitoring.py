@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.e2e.events import event, produce
-from tests.e2e.pipeline import wait_for
+from tests.e2e.pipeline_waits import wait_for
 from tests.e2e.test_dashboard import FRESHNESS, LAG
 
 EVENTS = 500

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from native.ephemeral import ARTIFACTS
 from tests.e2e.browser import chromium
-from tests.e2e.pipeline import query, wait_for
+from tests.e2e.pipeline_waits import query, wait_for
+from tests.support.ephemeral import ARTIFACTS
 
 
 @pytest.fixture(scope="module")

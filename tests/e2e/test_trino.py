@@ -15,9 +15,9 @@ from collections import Counter
 import pytest
 
 import trino
-from native.ephemeral import ROOT
 from tests.e2e.events import event, produce
-from tests.e2e.pipeline import query
+from tests.e2e.pipeline_waits import query
+from tests.support.ephemeral import ROOT
 
 
 def connect(env: dict[str, str]):

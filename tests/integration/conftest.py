@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from native.ephemeral import EphemeralStack
-from tests.integration.pipeline import Pipeline
+from tests.integration.pipeline_harness import Pipeline
+from tests.support.ephemeral import EphemeralStack
 
 
 @pytest.fixture(scope="package")

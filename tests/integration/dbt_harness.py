@@ -17,13 +17,14 @@ from pathlib import Path
 import psycopg
 
 from native.context import Context
-from native.ephemeral import ROOT, EphemeralStack
 from stream_consumer.batch import Batch, Record
 from stream_consumer.store import Store
+from tests.support.ephemeral import ROOT, EphemeralStack
+from tests.support.events import STREAMING_TABLES, event_json
 
 TOPIC, PROFILES = "dbt_events", "dbt_profiles"
 KNOWN_TYPES = ("view", "click", "purchase")
-STREAMING = "streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users"
+STREAMING = ", ".join(STREAMING_TABLES)
 
 
 @dataclass(frozen=True)
@@ -35,17 +36,15 @@ class Event:
     amount: Decimal | None = None
 
     def json(self) -> bytes:
-        return json.dumps(
-            {
-                "schema_version": 1,
-                "event_id": str(uuid.uuid4()),
-                "event_type": self.event_type,
-                "user_id": self.user_id,
-                "session_id": str(self.session_id),
-                "occurred_at": self.occurred_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "amount": None if self.amount is None else float(self.amount),
-            }
-        ).encode()
+        amount = None if self.amount is None else float(self.amount)
+        return event_json(
+            self.user_id,
+            self.event_type,
+            session_id=self.session_id,
+            occurred_at=self.occurred_at,
+            amount=amount,
+            timespec="milliseconds",
+        )
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,11 @@ from confluent_kafka import Producer
 from common.contract import MAY_REPEAT_HEADER
 from kafka_producer.events import EventGenerator
 from kafka_producer.topics import ensure_topics
-from native.ephemeral import ARTIFACTS, ROOT, EphemeralStack, free_port
+from tests.support.ephemeral import ARTIFACTS, ROOT, EphemeralStack, free_port
+from tests.support.events import STREAMING_TABLES
 
 PARTITIONS = 6
-AGGREGATES = (
-    "streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users, "
-    "streaming.dead_letter_events, streaming.event_ids"
-)
+AGGREGATES = ", ".join((*STREAMING_TABLES, "streaming.dead_letter_events", "streaming.event_ids"))
 
 
 def malformed(rng: random.Random, valid: bytes) -> tuple[bytes | None, bytes | None, str]:
@@ -141,7 +139,7 @@ class Pipeline:
     def start_consumer(self, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"consumer_{len(self.consumers)}.log", "wb")  # noqa: SIM115 - lives with the process
         # TEST_CONSUMER_MODULE=benchmarks.naive_consumer runs these tests against the reference
-        # README's consumer, to see them fail (see README, "Exactly once").
+        # README's consumer, to see them fail (docs/architecture.md, "The baseline that fails").
         module = os.environ.get("TEST_CONSUMER_MODULE", "stream_consumer")
         proc = subprocess.Popen(
             [sys.executable, "-m", module, *args],

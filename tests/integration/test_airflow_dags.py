@@ -11,7 +11,8 @@ from datetime import timedelta
 import pytest
 
 from native.context import Context
-from native.ephemeral import ROOT
+from native.services.airflow import shared_env
+from tests.support.ephemeral import ROOT
 
 DAGS = ROOT / "airflow" / "dags"
 
@@ -50,12 +51,11 @@ def dagbag(tmp_path_factory) -> dict:
     venv = Context().venv("airflow", ROOT / "airflow" / "requirements.lock.txt")
     home = tmp_path_factory.mktemp("airflow-home")
     env = {
+        **shared_env(),  # airflow/airflow.env, as both modes give it to the dag-processor
         "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
         "HOME": str(home),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "DBT_PROJECT_DIR": str(ROOT / "dbt_project"),
     }
     proc = subprocess.run(

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from native.ephemeral import ROOT
+from tests.support.ephemeral import ROOT
 
 NUMBER = r"[\d,.]+"
 

@@ -17,20 +17,13 @@ from confluent_kafka import Consumer, TopicPartition
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from native.ephemeral import ROOT, free_port
-from tests.integration.pipeline import ARTIFACTS, PARTITIONS, Pipeline
+from tests.integration.pipeline_harness import ARTIFACTS, PARTITIONS, Pipeline
+from tests.support.ephemeral import ROOT, free_port
+from tests.support.events import event as build_event
 
 
 def event(user_id: int = 7, **fields) -> dict:
-    return {
-        "schema_version": 1,
-        "event_id": str(uuid.uuid4()),
-        "event_type": "view",
-        "user_id": user_id,
-        "session_id": str(uuid.uuid4()),
-        "occurred_at": dt.datetime.now(dt.UTC).isoformat(),
-        **fields,
-    }
+    return build_event(user_id, **fields)
 
 
 class Collector:

@@ -14,8 +14,8 @@ import sys
 import psycopg
 import pytest
 
-from native.ephemeral import ROOT
-from tests.integration.dbt import Dbt, Profile, Streaming, differences, events, expected_marts, marts
+from tests.integration.dbt_harness import Dbt, Profile, Streaming, differences, events, expected_marts, marts
+from tests.support.ephemeral import ROOT
 
 NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
 USERS = range(1, 31)

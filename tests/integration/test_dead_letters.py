@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 
-from native.ephemeral import ROOT
-from tests.integration.pipeline import Pipeline
+from tests.integration.pipeline_harness import Pipeline
 from tests.integration.test_hostile_input import event, owner, wait_for
+from tests.support.ephemeral import ROOT
 
 
 def tool(pipeline: Pipeline, *args: str, **env: str) -> subprocess.CompletedProcess:

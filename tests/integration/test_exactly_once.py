@@ -1,8 +1,9 @@
 """Exactly once, against a real broker and a real Postgres, through crashes, rebalances and outages.
 
-Each test would fail with the reference README's consumer (per-message `event_count + 1` and
-Kafka auto-commit): a crash between its Postgres commit and its next offset auto-commit replays
-the messages since the last auto-commit, and those are counted again.
+Each test would fail with the reference README's consumer (docs/architecture.md, "The baseline
+that fails": per-message `event_count + 1` and Kafka auto-commit): a crash between its Postgres
+commit and its next offset auto-commit replays the messages since the last auto-commit, and those
+are counted again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 
 import psycopg
 
-from tests.integration.pipeline import Pipeline, sigkill
+from tests.integration.pipeline_harness import Pipeline, sigkill
 
 
 def test_kill_9_every_second_or_two_counts_each_event_once(pipeline: Pipeline):

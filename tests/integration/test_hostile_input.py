@@ -8,7 +8,6 @@ Each test ends with every event counted exactly once and every refused message a
 from __future__ import annotations
 
 import datetime as dt
-import json
 import signal
 import subprocess
 import sys
@@ -20,24 +19,13 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from native.context import merged_env
-from native.ephemeral import ROOT
-from tests.integration.pipeline import Pipeline
+from tests.integration.pipeline_harness import Pipeline
+from tests.support import events
+from tests.support.ephemeral import ROOT
 
 
 def event(user_id: int, at, event_type: str = "view", session: str | None = None, amount=None) -> bytes:
-    if isinstance(at, dt.datetime):
-        at = at.isoformat()
-    return json.dumps(
-        {
-            "schema_version": 1,
-            "event_id": str(uuid.uuid4()),
-            "event_type": event_type,
-            "user_id": user_id,
-            "session_id": session or str(uuid.uuid4()),
-            "occurred_at": at,
-            "amount": amount,
-        }
-    ).encode()
+    return events.event_json(user_id, event_type, session_id=session, occurred_at=at, amount=amount)
 
 
 def wait_for(check, timeout: float, what: str) -> None:

@@ -19,8 +19,9 @@ from common.contract import AMOUNT_MAX, BIGINT_MAX, EVENT_TIME_FLOOR
 from stream_consumer.batch import Batch, Record
 from stream_consumer.store import Store
 from stream_consumer.writer import Health, Writer
-from tests.integration.dbt import PROFILES, TOPIC, Dbt, Event, differences, expected_marts, marts
-from tests.strategies import hostile_events
+from tests.integration.dbt_harness import PROFILES, TOPIC, Dbt, Event, differences, expected_marts, marts
+from tests.support.events import STREAMING_TABLES, event_json
+from tests.support.strategies import hostile_events
 
 ARRIVED = dt.datetime.now(dt.UTC).replace(microsecond=0)
 LATEST = ARRIVED + dt.timedelta(minutes=5)  # the default CONSUMER_MAX_FUTURE_SKEW
@@ -31,10 +32,7 @@ class Feed:
 
     def __init__(self, dsn: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                "TRUNCATE streaming.user_events, streaming.event_minutes, streaming.sessions, streaming.users, "
-                "streaming.dead_letter_events"
-            )
+            conn.execute(f"TRUNCATE {', '.join(STREAMING_TABLES)}, streaming.dead_letter_events")
             conn.execute("DELETE FROM streaming.consumer_offsets WHERE consumer_group = 'hostile_marts'")
         self.store = Store(dsn, "hostile_marts")
         self.writer = Writer(self.store, Health(), lambda: False)
@@ -105,17 +103,13 @@ def valid_at_the_edges() -> st.SearchStrategy[bytes]:
     @st.composite
     def build(draw) -> bytes:
         event_type = draw(st.sampled_from(["view", "click", "purchase", "a" * 50, "z9_"]))
-        return json.dumps(
-            {
-                "schema_version": 1,
-                "event_id": str(uuid.uuid4()),
-                "event_type": event_type,
-                "user_id": draw(st.sampled_from([1, 2, BIGINT_MAX])),
-                "session_id": str(uuid.UUID(int=draw(st.integers(1, 5)), version=4)),
-                "occurred_at": draw(times).isoformat(),
-                "amount": draw(amounts) if event_type == "purchase" else None,
-            }
-        ).encode()
+        return event_json(
+            draw(st.sampled_from([1, 2, BIGINT_MAX])),
+            event_type,
+            session_id=uuid.UUID(int=draw(st.integers(1, 5)), version=4),
+            occurred_at=draw(times),
+            amount=draw(amounts) if event_type == "purchase" else None,
+        )
 
     return build()
 

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from native.context import merged_env
-from native.ephemeral import ARTIFACTS, ROOT, free_port
-from tests.integration.pipeline import PARTITIONS, Pipeline
+from tests.integration.pipeline_harness import PARTITIONS, Pipeline
+from tests.support.ephemeral import ARTIFACTS, ROOT, free_port
 
 EVENTS = 3_000
 

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from native.ephemeral import EphemeralStack, free_port
 from native.services import SERVICES
+from tests.support.ephemeral import EphemeralStack, free_port
 
 
 def pids(stack: EphemeralStack) -> dict[str, int]:

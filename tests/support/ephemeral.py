@@ -13,7 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common.settings import REPO_ROOT as ROOT
+
 ARTIFACTS = ROOT / "artifacts"
 
 

@@ -6,20 +6,7 @@ import json
 from hypothesis import strategies as st
 
 from common.contract import AMOUNT_MAX, BIGINT_MAX, EVENT_TIME_FLOOR
-
-VALID_EVENT = {
-    "schema_version": 1,
-    "event_id": "5f0b7c1e-8d3a-4e0c-9a51-2f1f7d9c3b10",
-    "event_type": "purchase",
-    "user_id": 42,
-    "session_id": "0c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90",
-    "occurred_at": "2026-11-22T15:04:05.123Z",
-    "page": "/products/17",
-    "product_id": 17,
-    "amount": 19.99,
-    "device": "mobile",
-    "country": "US",
-}
+from tests.support.events import VALID_EVENT
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=60)
 json_values = st.recursive(

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from common.contract import MAY_REPEAT_HEADER, Reason
 from stream_consumer.batch import Batch, Record, SessionRow, UserEventRow
-from tests.strategies import hostile_events
+from tests.support import events
+from tests.support.strategies import hostile_events
 
 APPENDED = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 
@@ -23,16 +24,8 @@ S1, S2 = "0c8e1f4a-7b2d-4a66-b1f3-9d2e5c7a8b90", "1c8e1f4a-7b2d-4a66-b1f3-9d2e5c
 
 
 def event(user_id=1, event_type="view", at="2026-11-22T10:00:30Z", session=S1, amount=None, offset=0, partition=0):
-    body = {
-        "schema_version": 1,
-        "event_id": str(uuid.uuid4()),
-        "event_type": event_type,
-        "user_id": user_id,
-        "session_id": session,
-        "occurred_at": at,
-        "amount": amount,
-    }
-    return Msg(json.dumps(body).encode(), str(user_id).encode(), partition=partition, offset=offset)
+    body = events.event(user_id, event_type, session_id=session, occurred_at=at, amount=amount)
+    return Msg(events.encode(body), events.key(body), partition=partition, offset=offset)
 
 
 def batch_of(*msgs):

@@ -15,9 +15,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from dotenv import dotenv_values
 
-ROOT = Path(__file__).resolve().parents[2]
+from common.settings import REPO_ROOT as ROOT
+from common.settings import env_file_values
+
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 README = ROOT / "README.md"
@@ -100,7 +101,7 @@ def interpolate(value, env: dict[str, str], seen: set[str] | None = None):
 
 
 def dotenv() -> dict[str, str]:
-    return {k: v or "" for k, v in dotenv_values(ROOT / ".env").items()}
+    return env_file_values(ROOT / ".env")
 
 
 @pytest.fixture(scope="module")
@@ -487,6 +488,24 @@ def test_superset_resource_group_caps_concurrency_and_queue():
 
 
 AIRFLOW_SERVICES = ("airflow-init", "airflow-scheduler", "airflow-dag-processor", "airflow-apiserver")
+#: Airflow's settings that do not differ between the modes: compose's env_file, read natively too
+AIRFLOW_ENV_FILE = ROOT / "airflow" / "airflow.env"
+
+
+def env_file_paths(service: dict) -> list[Path]:
+    """A service's env_file entries (a path, a list, or {path: ...} items), as compose resolves
+    them: relative to the compose file's folder."""
+    entries = service.get("env_file") or []
+    entries = [entries] if isinstance(entries, str) else entries
+    return [(COMPOSE_FILE.parent / (e if isinstance(e, str) else e["path"])).resolve() for e in entries]
+
+
+def container_environment(service: dict) -> dict[str, str]:
+    """What compose gives a service's container: its env_file(s) in order, `environment` on top."""
+    merged: dict[str, str] = {}
+    for path in env_file_paths(service):
+        merged.update(env_file_values(path))
+    return {**merged, **{k: str(v) for k, v in (service.get("environment") or {}).items()}}
 
 
 def required_env(paths: list[Path]) -> set[str]:
@@ -505,7 +524,7 @@ def test_airflow_gives_dbt_and_the_dags_every_variable_they_require(service, ser
     sources += [*(ROOT / "airflow").rglob("*.py")]
     needed = required_env(sources)
     assert needed, "dbt_project/ and airflow/ read their connection from the environment"
-    assert needed - set(services[service]["environment"]) == set()
+    assert needed - set(container_environment(services[service])) == set()
 
 
 @pytest.mark.parametrize("service", ["superset", "superset-init"])
@@ -987,6 +1006,62 @@ def test_every_airflow_container_signs_with_the_one_secret_key_and_runs_dbt_with
 
 def test_native_airflow_signs_with_the_secret_key_of_env(env, tmp_path):
     assert native_environments(env, tmp_path)["airflow"]["AIRFLOW__API__SECRET_KEY"] == env["AIRFLOW_SECRET_KEY"]
+
+
+# --- airflow/airflow.env: Airflow's settings that do not differ between the modes, read by both ------
+
+
+def shared_airflow_env() -> dict[str, str]:
+    return env_file_values(AIRFLOW_ENV_FILE)
+
+
+def test_shared_airflow_env_states_literal_values_only():
+    """One KEY=VALUE a line (or a comment), without quotes or ${...}: docker compose and
+    python-dotenv then read the same values from it."""
+    lines = [line for line in AIRFLOW_ENV_FILE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert lines and [line for line in lines if not re.fullmatch(r"[A-Z][A-Z0-9_]*=[^\s$'\"#]+", line)] == []
+    assert shared_airflow_env() == dict(line.split("=", 1) for line in lines)
+
+
+@pytest.mark.parametrize("service", AIRFLOW_SERVICES)
+def test_every_airflow_container_reads_the_shared_airflow_env(service, raw, services):
+    """Listed in the service's env_file (x-airflow's), and no key of it set again in its
+    `environment`, which would win over the file."""
+    assert AIRFLOW_ENV_FILE in env_file_paths(services[service])
+    assert set(shared_airflow_env()) & set(raw["services"][service]["environment"]) == set()
+    environment = container_environment(services[service])
+    assert {k: environment.get(k) for k in shared_airflow_env()} == shared_airflow_env()
+
+
+def test_native_airflow_gives_its_processes_the_shared_airflow_env(env, tmp_path):
+    native = native_environments(env, tmp_path)["airflow"]
+    assert {k: native.get(k) for k in shared_airflow_env()} == shared_airflow_env()
+
+
+def test_native_airflow_takes_the_shared_settings_from_the_file(env, tmp_path, monkeypatch):
+    """Every value changed in a copy of the file changes what native mode gives Airflow: none is
+    set again in native/services/airflow.py."""
+    import native.services.airflow
+
+    changed = {k: f"{v}1" for k, v in shared_airflow_env().items()}
+    copy = tmp_path / "airflow.env"
+    copy.write_text("".join(f"{k}={v}\n" for k, v in changed.items()))
+    monkeypatch.setattr(native.services.airflow, "SHARED_ENV", copy)
+    native_env = native_environments(env, tmp_path)["airflow"]
+    assert {k: native_env.get(k) for k in changed} == changed
+
+
+def test_what_both_modes_give_airflow_alike_is_in_the_shared_airflow_env(raw, env, tmp_path):
+    """A literal value that compose's Airflow environment and native mode both set, the same,
+    belongs in airflow/airflow.env (addresses aside: compose's are the compose network's)."""
+    native = native_environments(env, tmp_path)["airflow"]
+    alike = {
+        f"{service}: {key}"
+        for service in AIRFLOW_SERVICES
+        for key, value in raw["services"][service]["environment"].items()
+        if "$" not in str(value) and not is_address(key) and native.get(key) == str(value)
+    }
+    assert alike == set()
 
 
 # --- passwords in database URLs -------------------------------------------------------------------

@@ -20,8 +20,8 @@ from common.contract import (
     decode_event,
     decode_profile,
 )
-from tests.strategies import VALID_EVENT as VALID
-from tests.strategies import edge_values, hostile_events, json_values
+from tests.support.events import VALID_EVENT as VALID
+from tests.support.strategies import edge_values, hostile_events, json_values
 
 NOW = dt.datetime(2026, 11, 22, 15, 10, tzinfo=dt.UTC)
 LATEST = NOW + dt.timedelta(minutes=5)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
+from common.settings import REPO_ROOT as ROOT
 from monitoring.alertmanager import render
 from monitoring.pipeline_exporter.airflow import DagHistory, DagRun, consecutive_failures, parse_runs
 from monitoring.pipeline_exporter.collector import PipelineCollector
@@ -20,7 +21,6 @@ from monitoring.pipeline_exporter.server import alert_lines
 from native.context import Context, env_file
 from native.services.prometheus import NATIVE_PORTS, PrometheusService, native_prometheus_config
 
-ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
 RULE_TESTS = sorted((MONITORING / "tests").glob("*.yml"))
 

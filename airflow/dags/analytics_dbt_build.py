@@ -14,27 +14,19 @@ from the `streaming` tables the consumer writes, each model followed by its test
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG
 from dbt_runner import tasks
+from dbt_runner.dags import analytics_dag
 
-with DAG(
-    dag_id="analytics_dbt_build",
+with analytics_dag(
+    "analytics_dbt_build",
     description="dbt build (models + tests) of the analytics marts, every minute",
     schedule="* * * * *",
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
-    catchup=False,
-    max_active_runs=1,
     dagrun_timeout=timedelta(seconds=58),
-    is_paused_upon_creation=False,
-    default_args={
-        "owner": "analytics",
-        "retries": 1,
-        "retry_delay": timedelta(seconds=3),
-        "execution_timeout": timedelta(seconds=45),
-    },
+    execution_timeout=timedelta(seconds=45),
+    retry_delay=timedelta(seconds=3),
     tags=["dbt", "analytics"],
     doc_md=__doc__,
 ):

@@ -9,27 +9,18 @@ the build pays nothing for it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from airflow.providers.standard.operators.python import PythonOperator
-from airflow.sdk import DAG
 from dbt_runner import tasks
+from dbt_runner.dags import analytics_dag
 
-with DAG(
-    dag_id="streaming_source_freshness",
+with analytics_dag(
+    "streaming_source_freshness",
     description="dbt source freshness of the streaming schema, every ten minutes",
     schedule="*/10 * * * *",
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
-    catchup=False,
-    max_active_runs=1,
     dagrun_timeout=timedelta(minutes=5),
-    is_paused_upon_creation=False,
-    default_args={
-        "owner": "analytics",
-        "retries": 1,
-        "retry_delay": timedelta(seconds=30),
-        "execution_timeout": timedelta(minutes=2),
-    },
+    execution_timeout=timedelta(minutes=2),
     tags=["dbt", "streaming", "monitoring"],
     doc_md=__doc__,
 ):

@@ -10,7 +10,7 @@ merges the sessions written since its last build, the same transaction adds to
 relation) minus its old ones (the mart's row before the merge, or nothing for a new session).
 Both read the same rows in the same transaction, so the totals are always the sum over the
 mart's rows; `user_engagement` then reads only the changed users' totals. Its reconciliation
-with `streaming.sessions` (marts.yml) checks exactly that.
+with `streaming.sessions` (models/marts/user_engagement.yml) checks exactly that.
 
 A session's first event only moves earlier and its newest only later (the consumer's least /
 greatest), so the totals' first/last times follow with least / greatest.

@@ -2,7 +2,8 @@
 dbt in another (dbt_project/requirements.lock.txt): scheduler, dag-processor and API server as
 separate processes, LocalExecutor, metadata in the AIRFLOW_DB database of the stack's Postgres.
 
-The same settings as compose's x-airflow block; the DAGs run `dbt build` every minute.
+The same settings as compose's x-airflow block: those that do not differ between the modes from
+the one file both read, airflow/airflow.env; the DAGs run `dbt build` every minute.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
+from common.settings import env_file_values
 from native.context import Context, wait_until
 from native.services.base import Program, Service
 
@@ -23,6 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 #: unpaused on every start (a DAG paused by hand in the UI would otherwise stay paused)
 DAGS = ("analytics_dbt_build", "analytics_reconciliation", "streaming_source_freshness")
+#: Airflow's settings that do not differ between the modes; compose's x-airflow reads it too (env_file)
+SHARED_ENV = ROOT / "airflow" / "airflow.env"
+
+
+def shared_env() -> dict[str, str]:
+    """airflow/airflow.env, parsed as `.env` is (common.settings.env_file_values)."""
+    return env_file_values(SHARED_ENV)
 
 
 class AirflowService(Service):
@@ -69,7 +78,8 @@ class AirflowService(Service):
         return self.home(ctx) / "db-migrated"
 
     def env(self, ctx: Context) -> dict[str, str]:
-        """What compose's x-airflow environment sets, for local processes on loopback."""
+        """What compose's x-airflow block sets (airflow/airflow.env and its environment), for local
+        processes on loopback."""
         home = self.home(ctx)
         port = ctx["AIRFLOW_PORT"]
         metadata = (
@@ -81,36 +91,28 @@ class AirflowService(Service):
         # from .env's secret so that all processes (and restarts) agree.
         jwt_secret = hashlib.sha512(f"rt-analytics airflow jwt {ctx['AIRFLOW_JWT_SECRET']}".encode()).hexdigest()
         return {
+            **shared_env(),
             "PATH": f"{self.venv(ctx) / 'bin'}:/usr/local/bin:/usr/bin:/bin",
             "HOME": os.environ.get("HOME", "/root"),
             "LANG": "C.UTF-8",
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow" / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__FERNET_KEY": (home / "fernet.key").read_text().strip(),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata,
             "AIRFLOW__API__HOST": HOST,
             "AIRFLOW__API__PORT": port,
-            "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
             # the served task logs and their fetcher sign with it: one value for every process
             "AIRFLOW__API__SECRET_KEY": ctx["AIRFLOW_SECRET_KEY"],
-            "AIRFLOW__CORE__AUTH_MANAGER": (
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-            ),
             # the admin, and a read-only user for the pipeline exporter (DAG runs for Prometheus)
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": (
                 f"{ctx['AIRFLOW_ADMIN_USER']}:admin,{ctx['AIRFLOW_MONITOR_USER']}:viewer"
             ),
             "AIRFLOW_MONITOR_USER": ctx["AIRFLOW_MONITOR_USER"],
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
             # dbt: profiles.yml reads these; target and logs stay out of the repository
             "DBT_PROJECT_DIR": str(ROOT / "dbt_project"),
             "DBT_PROFILES_DIR": str(ROOT / "dbt_project"),

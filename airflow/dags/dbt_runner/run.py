@@ -79,6 +79,7 @@ def run_dbt(command: list[str], target_subdir: str, settings: DbtSettings | None
         start_new_session=True,
     )
     try:
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             log.info("%s", line.rstrip())
         returncode = proc.wait()

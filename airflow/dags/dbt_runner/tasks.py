@@ -16,7 +16,7 @@ def mart_assets() -> list[Asset]:
     return [Asset(name=f"{SCHEMA}.{name}", group="dbt") for name in mart_names()]
 
 
-#: the tests that read whole marts and sources (marts.yml): analytics_reconciliation runs them
+#: the tests that read whole marts and sources (models/marts/<mart>.yml): analytics_reconciliation runs them
 RECONCILIATION = "tag:reconciliation"
 
 

@@ -1,4 +1,4 @@
-{#- The reference README's model, column for column. -#}
+{#- The reference README's model (the demo this project rebuilds: docs/architecture.md), column for column. -#}
 with
 
 user_events as (

@@ -3,7 +3,7 @@
 CREATE SCHEMA IF NOT EXISTS streaming;
 CREATE SCHEMA IF NOT EXISTS analytics;
 
--- Exactly the table of the reference README, plus updated_at.
+-- Exactly the table of the reference README (the demo this project rebuilds: docs/architecture.md), plus updated_at.
 -- created_at / updated_at are the first / latest occurred_at of the pair's events.
 CREATE TABLE IF NOT EXISTS streaming.user_events (
     user_id     bigint       NOT NULL,

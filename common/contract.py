@@ -20,8 +20,6 @@ from typing import Annotated, Literal
 
 import msgspec
 
-SCHEMA_VERSION = 1
-KNOWN_EVENT_TYPES = ("view", "click", "purchase")
 BIGINT_MAX = 2**63 - 1
 # Money is carried in whole cents so that sums are exact whatever the batch boundaries. Revenue
 # columns are numeric(38, 2): 10^25 purchases at this cap before any sum could overflow.

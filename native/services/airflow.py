@@ -35,6 +35,10 @@ def shared_env() -> dict[str, str]:
 
 
 class AirflowService(Service):
+    """Owns `<state>/airflow` (AIRFLOW_HOME, logs) and three processes: scheduler, dag-processor and
+    API server on AIRFLOW_PORT; its metadata is the AIRFLOW_DB database. After start it unpauses
+    the DAGs. Airflow and dbt each run from a cached virtualenv of their own."""
+
     name = "airflow"
     depends_on = ("postgres",)
     # a first `airflow db migrate` on an empty database takes ~30-60 s on 2 busy cores

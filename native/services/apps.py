@@ -19,6 +19,9 @@ def _healthz(host: str, port: int) -> bool:
 
 
 class StreamConsumerService(Service):
+    """CONSUMER_REPLICAS members of the consumer group (one supervisord program each, metrics on
+    CONSUMER_METRICS_PORT and the ports after it); healthy when every member's /healthz answers."""
+
     name = "stream_consumer"
     depends_on = ("postgres", "kafka")
     start_timeout = 20
@@ -43,6 +46,9 @@ class StreamConsumerService(Service):
 
 
 class KafkaProducerService(Service):
+    """The synthetic producer at PRODUCER_RATE for PRODUCER_USERS users, until stopped; not for
+    real traffic (that is the collector's)."""
+
     name = "kafka_producer"
     depends_on = ("kafka",)
     start_timeout = 20
@@ -63,6 +69,8 @@ class KafkaProducerService(Service):
 
 
 class CollectorService(Service):
+    """The HTTP collector on COLLECTOR_PORT (events, the demo shop, /healthz, /metrics)."""
+
     name = "collector"
     depends_on = ("kafka",)
     start_timeout = 20

@@ -16,6 +16,11 @@ HERE = Path(__file__).resolve().parents[1] / "kafka"
 
 
 class KafkaService(Service):
+    """Owns `<state>/kafka` (the KRaft log directory and its server.properties) and one broker on
+    KAFKA_HOST:KAFKA_PORT. After start it creates the topics (LogAppendTime, KAFKA_PARTITIONS) as
+    compose's kafka-init does. Its topics live as long as the state folder: `./stack down -v`
+    deletes them together with Postgres' data (the consumer's offsets), as compose's `down -v`."""
+
     name = "kafka"
     start_timeout = 90
 

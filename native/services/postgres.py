@@ -26,6 +26,11 @@ def _bin_dir(ctx: Context) -> Path:
 
 
 class PostgresService(Service):
+    """Owns `<state>/postgres` (data directory, initdb'ed once; socket) and one postgres server on
+    POSTGRES_HOST:POSTGRES_PORT. After start it runs postgres/init/ (roles, databases, schemas,
+    grants), as compose's postgres-init job does, idempotently. A new major version does not
+    convert an existing data directory: that is an upgrade for the operator (docs/operations.md)."""
+
     name = "postgres"
     start_timeout = 30
 

@@ -92,6 +92,9 @@ def _get(url: str, timeout: float = 2) -> str | None:
 
 
 class PrometheusService(Service):
+    """Owns `<state>/prometheus` (rendered configs, TSDB, Alertmanager's data) and four processes:
+    Prometheus, Alertmanager, the postgres exporter and the pipeline exporter, each on its port."""
+
     name = "prometheus"
     # the exporters log in with the monitoring role that postgres' init scripts create
     depends_on = ("postgres",)

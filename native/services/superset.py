@@ -43,6 +43,9 @@ def gunicorn_options(ctx: Context) -> list[str]:
 
 
 class SupersetService(Service):
+    """Owns `<state>/superset` (its home) and gunicorn on SUPERSET_PORT; every start provisions
+    first (superset/bootstrap.sh). Its metadata lives in Postgres, its virtualenv in the cache."""
+
     name = "superset"
     depends_on = ("postgres", "trino")
     #: provisioning (~30-40 s) plus gunicorn's boot

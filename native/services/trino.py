@@ -44,6 +44,9 @@ def java_home(venv: Path) -> Path:
 
 
 class TrinoService(Service):
+    """Owns `<state>/trino` (node identity, data, the rendered etc/ copy) and one Trino server on
+    TRINO_PORT; the server tarball and its JDK are cached, shared by every checkout."""
+
     name = "trino"
     depends_on = ("postgres", "kafka")
     start_timeout = 180

@@ -163,6 +163,16 @@ def append_time(msg: KafkaMessage) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC) if kind == LOG_APPEND_TIME else None
 
 
+def _may_repeat(msg: KafkaMessage) -> bool:
+    """Whether the message carries MAY_REPEAT_HEADER. confluent_kafka decodes header names as UTF-8
+    when asked for them: a name that is not (no client of ours can send one) makes it malformed."""
+    try:
+        headers = msg.headers()
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage(Reason.MALFORMED, f"a header name is not UTF-8: {exc}") from None
+    return headers is not None and MAY_REPEAT_HEADER in headers
+
+
 class Batch:
     """Aggregates of one micro-batch, plus its dead letters and the next offset of each partition.
 
@@ -286,6 +296,8 @@ class Batch:
                 purchase = etype == "purchase"
                 cents = amount_cents(event.amount) if purchase else 0
                 minute = int(ts // 60)  # 3x cheaper than datetime.replace(second=0, ...)
+                # Only events that may arrive twice (MAY_REPEAT_HEADER: the collector's) are checked and recorded.
+                may_repeat = ids is not None and _may_repeat(msg)
             except InvalidMessage as exc:
                 self.dead_letter(msg, exc.reason, str(exc))
                 continue
@@ -293,8 +305,7 @@ class Batch:
                 log.exception("failed on %s[%d]@%d; filing it as a dead letter", topic, msg.partition(), msg.offset())
                 self.dead_letter(msg, Reason.INTERNAL_ERROR, f"consumer error: {type(exc).__name__}: {exc}")
                 continue
-            # Only events that may arrive twice (MAY_REPEAT_HEADER: the collector's) are checked and recorded.
-            if ids is not None and (headers := msg.headers()) is not None and MAY_REPEAT_HEADER in headers:
+            if may_repeat and ids is not None:
                 if event.event_id in ids or event.event_id in known:
                     self.duplicates += 1  # a client's retry: counted the first time only
                     continue

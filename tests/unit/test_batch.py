@@ -280,6 +280,48 @@ def test_only_events_that_may_repeat_are_checked_and_recorded():
     assert (again.events, again.duplicates) == (2, 2)
 
 
+class BadHeaders(Record):
+    """A message whose header names are not UTF-8: confluent_kafka raises when asked for them."""
+
+    def headers(self):
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+
+@settings(max_examples=200)
+@given(
+    headers=st.none()
+    | st.lists(
+        st.tuples(
+            st.sampled_from(["event-ids", "Event-Ids", "x"]) | st.text(max_size=20), st.none() | st.binary(max_size=20)
+        )
+        | st.sampled_from([MAY_REPEAT_HEADER, ("event-ids", b"may-repeat ")]),
+        max_size=6,
+    )
+)
+def test_any_headers_count_a_copy_once_exactly_when_they_hold_the_may_repeat_header(headers):
+    """Whatever headers a producer sends (none, empty, look-alikes, null values), two copies of one
+    event count once if the exact MAY_REPEAT_HEADER is among them, else twice; nothing raises."""
+    msg = event()
+    batch = Batch("user_events", "user_profiles", 65536, dedup_window=60)
+    batch.add([Msg(msg.value(), msg.key(), offset=n, headers=headers) for n in (0, 1)])
+    marked = headers is not None and MAY_REPEAT_HEADER in headers
+    assert (batch.events, batch.duplicates) == ((1, 1) if marked else (2, 0))
+
+
+def test_header_names_that_are_not_utf8_make_one_dead_letter_and_stop_nothing():
+    msg = event()
+    bad = BadHeaders(msg.topic(), 0, 1, msg.key(), msg.value(), APPENDED)
+    batch = Batch("user_events", "user_profiles", 65536, dedup_window=60)
+    batch.add([with_id(msg, IDS[0], 0), bad, with_id(msg, IDS[1], 2)])
+    assert batch.events == 2 and [(d.offset, d.reason) for d in batch.dead_letters] == [(1, Reason.MALFORMED)]
+    assert "header name is not UTF-8" in batch.dead_letters[0].error
+    assert batch.next_offsets == {("user_events", 0): 3}
+    # without a window, headers are not read at all: the event counts
+    plain = Batch("user_events", "user_profiles", 65536)
+    plain.add([bad])
+    assert (plain.events, plain.dead_letters) == (1, [])
+
+
 def test_without_a_dedup_window_every_copy_counts():
     msg = event()
     batch = batch_of(msg, with_id(msg, json.loads(msg.value())["event_id"], 1))

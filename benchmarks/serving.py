@@ -32,7 +32,7 @@ import trino
 from native.context import Context
 from native.stack import Supervisor
 from tests.e2e.events import event, produce
-from tests.e2e.pipeline_waits import marts_exist, wait_for_marts
+from tests.e2e.pipeline_waits import marts_exist, wait_for, wait_for_marts
 from tests.e2e.superset_api import SupersetClient
 from tests.support.ephemeral import EphemeralStack
 
@@ -72,9 +72,20 @@ class Bench:
         result = self.superset.request("POST", "/api/v1/chart/data", context)[1]["result"]
         return result[0]["query"].strip().rstrip(";")  # as Superset shows it, one statement
 
+    def lag_table_exists(self, cur) -> bool:
+        """The lag panel's table: Trino lists it once Prometheus holds a sample (its list of tables
+        is cached for prometheus.cache.ttl)."""
+        try:
+            cur.execute("SELECT count(*) FROM prometheus.default.pipeline_consumer_lag_messages")
+            cur.fetchall()
+        except trino.exceptions.TrinoUserError:
+            return False
+        return True
+
     def through_trino(self, rounds: int) -> None:
         conn = trino.dbapi.connect(host="127.0.0.1", port=int(self.env["TRINO_PORT"]), user="bench")
         cur = conn.cursor()
+        wait_for(lambda: self.lag_table_exists(cur), 60, "the lag panel's table in Trino's prometheus catalog")
         every = []
         for title, chart in self.charts.items():
             sql = self.chart_sql(chart)

@@ -8,10 +8,12 @@ two copies into its state folder: prometheus.yml with every compose `service:por
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -233,11 +235,16 @@ class PrometheusService(Service):
 
     def healthy(self, ctx: Context) -> bool:
         """Prometheus and Alertmanager ready, the postgres exporter connected, the pipeline exporter
-        answering a scrape."""
+        answering a scrape and scraped by Prometheus once."""
         urls = self.urls(ctx)
         if _get(urls["prometheus"] + "/-/ready") is None or _get(urls["alertmanager"] + "/-/ready") is None:
             return False
         if _get(urls["pipeline_exporter"] + "/metrics", timeout=10) is None:
+            return False
+        # scraped once: the dashboard's lag panel (a table of Trino's prometheus catalog) exists
+        # only once Prometheus holds a sample of it
+        scraped = _get(urls["prometheus"] + "/api/v1/query?query=" + urllib.parse.quote('up{job="pipeline_exporter"}'))
+        if scraped is None or not any(r["value"][1] == "1" for r in json.loads(scraped)["data"]["result"]):
             return False
         metrics = _get(urls["postgres_exporter"] + "/metrics", timeout=5) or ""
         return re.search(r"^pg_up 1(\.0)?$", metrics, re.MULTILINE) is not None

@@ -30,6 +30,12 @@ class Options:
     dry_run: bool
     profiles: bool = True
 
+    def clock(self) -> tuple[float | None, float]:
+        """(base, step) of the events' occurred_at: base + i * step on a fixed clock (--start-time),
+        the wall clock when base is None; step is 1 / rate (1 ms flat out)."""
+        step = 1 / self.rate if self.rate else 0.001
+        return (self.start_time.timestamp() if self.start_time else None), step
+
 
 class Stats:
     def __init__(self, target_rate: float = 0) -> None:
@@ -162,8 +168,7 @@ def run(settings: Settings, opts: Options) -> int:
 
 def dry_run(gen: EventGenerator, opts: Options) -> int:
     """--dry-run: the events as JSON lines on stdout (10 unless --events), nothing sent."""
-    step = 1 / opts.rate if opts.rate else 0.001
-    base = opts.start_time.timestamp() if opts.start_time else None
+    base, step = opts.clock()
     out = sys.stdout.buffer
     for i in range(opts.events if opts.events is not None else 10):
         _, value = gen.event(base + i * step if base is not None else time.time())
@@ -190,8 +195,7 @@ def produce_events(
 ) -> None:
     """The paced loop: at --rate, the events due so far in chunks of at most 1,000 (flat out at 0),
     until --events or `stopping()`. The clock is the wall clock, or --start-time + i / rate."""
-    step = 1 / opts.rate if opts.rate else 0.001
-    base = opts.start_time.timestamp() if opts.start_time else None
+    base, step = opts.clock()
     produce = producer.produce
     limit = opts.events
     t0 = time.monotonic()

@@ -14,14 +14,9 @@ from common.settings import REPO_ROOT as ROOT
 from common.settings import env_file_values
 
 
-def env_file() -> dict[str, str]:
-    """The settings `.env` states (the file users edit)."""
-    return env_file_values()
-
-
 def merged_env() -> dict[str, str]:
     """`.env` with the process environment on top, as docker compose merges them."""
-    return {**env_file(), **os.environ}
+    return {**env_file_values(), **os.environ}
 
 
 @dataclass

@@ -25,7 +25,8 @@ from xmlrpc.client import Fault, ServerProxy
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from native.context import Context, env_file, wait_until
+from common.settings import env_file_values
+from native.context import Context, wait_until
 from native.services import SERVICES
 from native.services.base import Program, Service
 
@@ -57,7 +58,7 @@ class Supervisor:
         env_dir = self.dir / "env"
         env_dir.mkdir(exist_ok=True)
         os.chmod(env_dir, 0o700)
-        settings = set(env_file())
+        settings = set(env_file_values())
         lines = [
             "[unix_http_server]",
             f"file={self.sock}",

@@ -17,11 +17,11 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
-from common.settings import env_file_values
+from common.settings import REPO_ROOT, env_file_values
 from native.context import Context, wait_until
 from native.services.base import Program, Service
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 HOST = "127.0.0.1"
 #: unpaused on every start (a DAG paused by hand in the UI would otherwise stay paused)
 DAGS = ("analytics_dbt_build", "analytics_reconciliation", "streaming_source_freshness")

@@ -93,6 +93,15 @@ def _get(url: str, timeout: float = 2) -> str | None:
         return None
 
 
+def _scraped_once(prometheus: str, job: str) -> bool:
+    """Whether Prometheus has scraped `job` successfully (its `up` sample is 1)."""
+    body = _get(f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": f'up{{job="{job}"}}'}))
+    try:
+        return body is not None and any(r["value"][1] == "1" for r in json.loads(body)["data"]["result"])
+    except (ValueError, LookupError, TypeError):  # not the API's answer
+        return False
+
+
 class PrometheusService(Service):
     """Owns `<state>/prometheus` (rendered configs, TSDB, Alertmanager's data) and four processes:
     Prometheus, Alertmanager, the postgres exporter and the pipeline exporter, each on its port."""
@@ -241,10 +250,9 @@ class PrometheusService(Service):
             return False
         if _get(urls["pipeline_exporter"] + "/metrics", timeout=10) is None:
             return False
-        # scraped once: the dashboard's lag panel (a table of Trino's prometheus catalog) exists
-        # only once Prometheus holds a sample of it
-        scraped = _get(urls["prometheus"] + "/api/v1/query?query=" + urllib.parse.quote('up{job="pipeline_exporter"}'))
-        if scraped is None or not any(r["value"][1] == "1" for r in json.loads(scraped)["data"]["result"]):
+        # the dashboard's lag panel (a table of Trino's prometheus catalog) exists only once
+        # Prometheus holds a sample of it
+        if not _scraped_once(urls["prometheus"], "pipeline_exporter"):
             return False
         metrics = _get(urls["postgres_exporter"] + "/metrics", timeout=5) or ""
         return re.search(r"^pg_up 1(\.0)?$", metrics, re.MULTILINE) is not None

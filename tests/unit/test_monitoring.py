@@ -13,12 +13,13 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from common.settings import REPO_ROOT as ROOT
+from common.settings import env_file_values
 from monitoring.alertmanager import render
 from monitoring.pipeline_exporter.airflow import DagHistory, DagRun, consecutive_failures, parse_runs
 from monitoring.pipeline_exporter.collector import PipelineCollector
 from monitoring.pipeline_exporter.lag import StoredOffset, Watermarks, consumer_lag, freshness_seconds
 from monitoring.pipeline_exporter.server import alert_lines
-from native.context import Context, env_file
+from native.context import Context
 from native.services.prometheus import NATIVE_PORTS, PrometheusService, native_prometheus_config
 
 MONITORING = ROOT / "monitoring"
@@ -38,7 +39,7 @@ def run(*argv: str) -> subprocess.CompletedProcess:
 
 
 def native_context(**overrides: str) -> Context:
-    return Context({**env_file(), **overrides})
+    return Context({**env_file_values(), **overrides})
 
 
 # --- alert rules ------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ def test_native_prometheus_config_passes_promtool_check(promtool, tmp_path):
 
 
 def test_native_config_scrapes_the_same_jobs_on_loopback_ports_from_env():
-    env = env_file()
+    env = env_file_values()
     compose = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     native = native_prometheus_config(native_context())
     targets = {j["job_name"]: [t for s in j["static_configs"] for t in s["targets"]] for j in native["scrape_configs"]}
@@ -147,7 +148,7 @@ def container_port(service: dict) -> str | None:
 def test_compose_targets_are_compose_services_on_the_ports_they_listen_on():
     """monitoring/prometheus.yml is mounted as is: every `host:port` in it must be a compose service
     listening there (published ones inside their container, the others on .env's port)."""
-    env, services = env_file(), compose_services()
+    env, services = env_file_values(), compose_services()
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     targets = [t for j in config["scrape_configs"] for s in j.get("static_configs", []) for t in s["targets"]]
     targets += [f"{d['names'][0]}:{d['port']}" for j in config["scrape_configs"] for d in j.get("dns_sd_configs", [])]

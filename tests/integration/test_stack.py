@@ -6,14 +6,17 @@ stack, every target Prometheus scrapes is up, and an alert travels to Alertmanag
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import yaml
 from confluent_kafka.admin import AdminClient
 
+from common.settings import REPO_ROOT
 from native.context import merged_env
 from native.services import SERVICES
 from tests.support.ephemeral import EphemeralStack, free_port
@@ -169,6 +172,20 @@ def test_every_prometheus_target_is_up_on_a_fresh_stack(whole_stack):
     assert health() == {job: {"up"} for job in EXPECTED_JOBS}
     consumers = [t for t in target_health(whole_stack) if t.startswith("stream_consumer/")]
     assert len(consumers) == int({**merged_env(), **whole_stack.env}["CONSUMER_REPLICAS"])
+
+
+def compose_healthcheck(stack: EphemeralStack, service: str) -> str:
+    """The shell command of a compose service's healthcheck, aimed at this stack's port."""
+    test = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"][service]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    return test[1].replace("127.0.0.1:9090", f"127.0.0.1:{stack.env['PROMETHEUS_PORT']}")
+
+
+def test_composes_prometheus_healthcheck_passes_once_the_pipeline_exporter_was_scraped(whole_stack):
+    command = compose_healthcheck(whole_stack, "prometheus")
+    never_scraped = command.replace("pipeline_exporter", "no_such_job")
+    results = [subprocess.run(["sh", "-c", c], timeout=10).returncode for c in (command, never_scraped)]
+    assert results == [0, 1]
 
 
 @pytest.fixture(scope="module")

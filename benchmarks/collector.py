@@ -26,8 +26,8 @@ import uuid
 
 from confluent_kafka import Producer
 
+from common.topics import ensure_topics
 from kafka_producer.producer import produce_one
-from kafka_producer.topics import ensure_topics
 from tests.support.ephemeral import ROOT, EphemeralStack, free_port
 
 SERVERS = ("uvicorn", "granian")

@@ -25,8 +25,8 @@ from confluent_kafka import Producer
 from faker import Faker
 
 from common.contract import MAY_REPEAT_HEADER
+from common.topics import ensure_topics
 from kafka_producer.producer import produce_one
-from kafka_producer.topics import ensure_topics
 from tests.support.ephemeral import ROOT, EphemeralStack
 
 PARTITIONS = 6

@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from common.contract import Header
 from common.metrics import MetricsServer
 from common.settings import Settings
+from common.topics import ensure_topics
 from kafka_producer.events import EventGenerator
-from kafka_producer.topics import ensure_topics
 
 
 @dataclass

@@ -102,7 +102,7 @@ class KafkaService(Service):
             return False
 
     def after_start(self, ctx: Context) -> None:
-        from kafka_producer.topics import ensure_topics
+        from common.topics import ensure_topics
 
         ensure_topics(
             ctx["KAFKA_BOOTSTRAP_SERVERS"],

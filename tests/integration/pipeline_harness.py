@@ -19,8 +19,8 @@ import psycopg
 from confluent_kafka import Producer
 
 from common.contract import MAY_REPEAT_HEADER
+from common.topics import ensure_topics
 from kafka_producer.events import EventGenerator
-from kafka_producer.topics import ensure_topics
 from tests.support.ephemeral import ARTIFACTS, ROOT, EphemeralStack, free_port
 from tests.support.events import STREAMING_TABLES
 

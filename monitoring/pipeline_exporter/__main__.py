@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from monitoring.pipeline_exporter.airflow import AirflowClient
 from monitoring.pipeline_exporter.collector import PipelineCollector
-from monitoring.pipeline_exporter.server import ExporterServer
+from monitoring.pipeline_exporter.server import exporter_server
 from monitoring.pipeline_exporter.settings import ExporterSettings
 
 
@@ -41,11 +41,13 @@ def main() -> None:
             airflow,
         )
     )
-    server = ExporterServer(registry, s.pipeline_exporter_host, s.pipeline_exporter_port)
+    server = exporter_server(registry)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server.start()
+    port = s.pipeline_exporter_port
+    if server.start(s.pipeline_exporter_host, range(port, port + 1)) is None:
+        raise SystemExit(f"error: PIPELINE_EXPORTER_PORT {port} is taken on {s.pipeline_exporter_host}")
     airflow.start(stop)
     logging.getLogger("pipeline_exporter").info(
         "serving http://%s:%s/metrics (group %s, Airflow %s)",

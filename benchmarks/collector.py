@@ -26,6 +26,7 @@ import uuid
 
 from confluent_kafka import Producer
 
+from benchmarks.report import report
 from common.topics import ensure_topics
 from kafka_producer.producer import produce_one
 from tests.support.ephemeral import ROOT, EphemeralStack, free_port
@@ -181,7 +182,7 @@ def main() -> None:
         stack.down()
     print(f"\nload average {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores")
     for name, value in figures:
-        print(f"  {name:<66} {value}")
+        report(name, value)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import psutil
 
 import trino
+from benchmarks.report import report
 from benchmarks.serving import pct
 from native.context import Context
 from native.stack import Supervisor
@@ -200,7 +201,7 @@ def run_phase(
         return
 
     def line(label: str, value: str) -> None:
-        print(f"  {name}: {label:<56} {value}", flush=True)
+        report(f"{name}: {label}", value)
 
     lat = tally.latencies or [0.0]
     line(

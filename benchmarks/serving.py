@@ -29,6 +29,7 @@ from collections import defaultdict
 import psutil
 
 import trino
+from benchmarks.report import report
 from native.context import Context
 from native.stack import Supervisor
 from tests.e2e.events import event, produce
@@ -64,7 +65,7 @@ class Bench:
         self.charts = self.superset.charts()
 
     def report(self, name: str, value: str) -> None:
-        print(f"  {name:<62} {value}", flush=True)
+        report(name, value)
 
     def chart_sql(self, chart: dict) -> str:
         context = json.loads(chart["query_context"])

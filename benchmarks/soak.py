@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import psutil
 import psycopg
 
+from benchmarks.report import report
 from native.context import Context
 from native.services import SERVICES
 from native.stack import Supervisor
@@ -150,7 +151,7 @@ def main() -> None:
         alerts = alerts_fired(ctx.env, time.time() - t0)
         print(f"\nload average {os.getloadavg()[0]:.1f}; {len(samples)} samples over {elapsed / 60:.1f} minutes")
         lags = [s.lag for s in samples if s.lag == s.lag]  # NaN: Prometheus had no sample yet
-        report = [
+        rows = [
             (
                 "lag (messages): median / max",
                 f"{statistics.median(lags):,.0f} / {max(lags):,.0f} ({max(lags) / args.rate:.2f} s of traffic at most)"
@@ -163,7 +164,7 @@ def main() -> None:
             sizes = [s.tables.get(t, (0, 0, 0))[0] / 2**20 for s in samples]
             dead = [s.tables.get(t, (0, 0, 0))[2] for s in samples]
             live = samples[-1].tables.get(t, (0, 0, 0))[1]
-            report.append(
+            rows.append(
                 (
                     f"streaming.{t}: size MiB / dead rows",
                     f"{sizes[0]:,.1f} -> {sizes[-1]:,.1f} MiB; dead rows max {max(dead):,}, "
@@ -173,7 +174,7 @@ def main() -> None:
         durations = [r for _, r, _ in runs]
         builds = [b for _, _, b in runs if b is not None]
         failed = sum(1 for state, _, _ in runs if state != "success")
-        report.append(
+        rows.append(
             (
                 "analytics_dbt_build runs: count, failed, duration median / max",
                 f"{len(runs)} runs, {failed} failed; "
@@ -182,7 +183,7 @@ def main() -> None:
         )
         if builds:
             half = len(builds) // 2 or 1
-            report.append(
+            rows.append(
                 (
                     "dbt build (the task): median / max; median of 1st / 2nd half",
                     f"{statistics.median(builds):.1f} s / {max(builds):.1f} s; "
@@ -190,10 +191,10 @@ def main() -> None:
                 )
             )
         growth = (samples[-1].disk_mib - samples[0].disk_mib) / max(elapsed, 1) * 3600
-        report.append(("disk growth of the stack's state folder", f"{growth:,.0f} MiB per hour"))
-        report.append(("alerts that fired during the soak", ", ".join(alerts) or "none"))
-        for name, value in report:
-            print(f"  {name:<64} {value}", flush=True)
+        rows.append(("disk growth of the stack's state folder", f"{growth:,.0f} MiB per hour"))
+        rows.append(("alerts that fired during the soak", ", ".join(alerts) or "none"))
+        for name, value in rows:
+            report(name, value)
     finally:
         stack.down()
 

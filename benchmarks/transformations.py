@@ -38,6 +38,7 @@ import uuid
 import psycopg
 from confluent_kafka import Producer
 
+from benchmarks.report import report
 from native.context import Context
 from tests.support.ephemeral import ROOT, EphemeralStack
 from tests.support.events import STREAMING_TABLES as STREAMING
@@ -337,7 +338,7 @@ def main() -> None:
         figures += bench_freshness(args.rate, args.minutes)
     print(f"\nload average {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores")
     for name, value in figures:
-        print(f"  {name:<66} {value}")
+        report(name, value)
 
 
 if __name__ == "__main__":

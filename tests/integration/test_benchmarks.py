@@ -24,6 +24,7 @@ BENCHMARKS = {
             rf"--rate 1,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
             rf"--rate 10,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
             rf"stream_consumer \(exactly once\), 1 process, 20,000 events of kafka_producer, events/s +{NUMBER}$",
+            rf"its events per CPU-second of the consumer process +{NUMBER}$",
             rf"as the collector sends them \(event-ids: may-repeat\), events/s +{NUMBER}$",
             rf"with the window off \(CONSUMER_DEDUP_WINDOW_SECONDS=0\), events/s +{NUMBER} "
             r"\(with the window: [+-]\d+%\)$",
@@ -107,3 +108,20 @@ def test_benchmark_prints_every_figure(name):
     lines = proc.stdout.splitlines()
     missing = [f for f in figures if not any(re.search(f, line) for line in lines)]
     assert missing == [], proc.stdout
+
+
+def test_ab_runs_each_commit_in_turn_and_compares_the_medians():
+    """benchmarks.ab on one commit under two names: the machinery (a worktree, its virtualenv,
+    interleaved runs, the figures read back) with a command whose figures are known."""
+    demo = "from benchmarks.report import report; report('answer, 2 runs', '42 ms'); print('not a figure')"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", "HEAD", "HEAD~0", "--rounds", "2", "--", "python", "-c", demo],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rounds = [line for line in proc.stdout.splitlines() if line.startswith("round ")]
+    assert rounds == ["round 1/2: HEAD", "round 1/2: HEAD~0", "round 2/2: HEAD~0", "round 2/2: HEAD"]
+    assert proc.stdout.splitlines()[-1] == "| answer, 2 runs | 42 (42-42) | 42 (42-42) | 1.00 |"

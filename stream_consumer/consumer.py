@@ -47,8 +47,7 @@ def consumer_config(settings: Settings) -> dict:
         "heartbeat.interval.ms": max(100, settings.consumer_session_timeout_ms // 5),
         "max.poll.interval.ms": max(settings.consumer_max_poll_interval_ms, settings.consumer_session_timeout_ms),
         # A fetch waits for 64 KiB or 100 ms: at a steady few thousand events/s, librdkafka would
-        # otherwise fetch again as soon as any message arrived. Measured at 5,000 events/s: broker,
-        # producer and consumer 1.05 -> 0.80 cores, the same lag (benchmarks/soak.py's stack).
+        # otherwise fetch again as soon as any message arrived (a round trip per few messages).
         "fetch.min.bytes": 64 * 1024,
         "fetch.wait.max.ms": 100,
         "fetch.max.bytes": 16 * 1024 * 1024,

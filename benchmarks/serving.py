@@ -29,6 +29,7 @@ from collections import defaultdict
 import psutil
 
 import trino
+from common.settings import Settings
 from native.context import Context
 from native.stack import Supervisor
 from tests.e2e.events import event, produce
@@ -178,7 +179,9 @@ def main() -> None:
         f"stack: {', '.join(services)}; producer {args.rate}/s",
         flush=True,
     )
-    stack = EphemeralStack(services, {"PRODUCER_RATE": str(args.rate)})
+    # the click measure's own event type, beside those the collector takes anyway
+    event_types = f"{Settings().collector_event_types},clickprobe"
+    stack = EphemeralStack(services, {"PRODUCER_RATE": str(args.rate), "COLLECTOR_EVENT_TYPES": event_types})
     try:
         proc = stack("up", *services, check=False)
         if proc.returncode != 0:

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
     collector_client_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
     # Clients whose buckets are remembered at once (the least recently seen are forgotten).
     collector_max_clients: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
-    # Behind one proxy (the tunnel), the client is the last X-Forwarded-For address, not the peer.
+    # Behind one proxy (the tunnel), the client is the last X-Forwarded-For address (its lines joined),
+    # not the peer: common/client_address.py.
     collector_trust_forwarded_for: bool = False
     # Origins allowed to POST events from a browser, comma-separated; "*" for any site. Enforced: a
     # request from another Origin gets 403 (a request without Origin, from no browser, is let through).

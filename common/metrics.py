@@ -1,5 +1,5 @@
-"""`/metrics` and `/healthz` over HTTP, for the consumer, the producer and the collector (each passes
-a registry of its own, not prometheus_client's global one, and a health check)."""
+"""`/metrics` and `/healthz` over HTTP, for the consumer and the producer (each passes a registry
+of its own, not prometheus_client's global one, and a health check)."""
 
 from __future__ import annotations
 

@@ -89,8 +89,11 @@ class Settings(BaseSettings):
     # Origins allowed to POST events from a browser, comma-separated; "*" for any site. Enforced: a
     # request from another Origin gets 403 (a request without Origin, from no browser, is let through).
     collector_cors_origins: str = "*"
-    # Event types accepted, comma-separated (the tracker's own); any other is refused per event.
-    collector_event_types: str = "view,click,purchase"
+    # Event types accepted, comma-separated (the tracker's own); any other is refused per event. Each
+    # one a type the contract allows (common/contract.py's pattern), at least one.
+    collector_event_types: Annotated[str, Field(pattern=r"^ *[a-z][a-z0-9_]* *(, *[a-z][a-z0-9_]* *)*$")] = (
+        "view,click,purchase"
+    )
     # How long a request waits for Kafka's acknowledgement before answering 503.
     collector_ack_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10
 

@@ -30,6 +30,7 @@ from benchmarks.report import report
 from common.topics import ensure_topics
 from kafka_producer.producer import produce_one
 from tests.support.ephemeral import ROOT, EphemeralStack, free_port
+from tests.support.events import BROWSER_USER_AGENT
 
 SERVERS = ("uvicorn", "granian")
 
@@ -58,7 +59,7 @@ async def one_connection(port: int, batch: int, until: float, latencies: list[fl
             body = json.dumps(events(batch)).encode()
             request = (
                 f"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
+                f"User-Agent: {BROWSER_USER_AGENT}\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body
             started = time.perf_counter()
             writer.write(request)
@@ -95,6 +96,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def wait_healthy(port: int, proc: subprocess.Popen) -> None:
+    """Until the collector's /healthz (on its metrics port) answers 200."""
     import urllib.request
 
     deadline = time.monotonic() + 30
@@ -111,20 +113,21 @@ def wait_healthy(port: int, proc: subprocess.Popen) -> None:
 
 
 def bench_server(server: str, env: dict, args) -> tuple[float, list[float], dict]:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "collector", "--server", server],
         cwd=ROOT,
         env={
             **env,
             "COLLECTOR_PORT": str(port),
+            "COLLECTOR_METRICS_PORT": str(metrics_port),
             # the generator is one client: no rate limit in the way
             "COLLECTOR_CLIENT_EVENTS_PER_SECOND": "1000000",
             "COLLECTOR_CLIENT_BURST": "1000000",
         },
     )
     try:
-        wait_healthy(port, proc)
+        wait_healthy(metrics_port, proc)
         load(port, 2, args.connections, args.batch)  # warm-up
         return load(port, args.seconds, args.connections, args.batch)
     finally:

@@ -30,6 +30,7 @@ import psutil
 
 import trino
 from benchmarks.report import report
+from common.settings import Settings
 from native.context import Context
 from native.stack import Supervisor
 from tests.e2e.events import event, produce
@@ -179,7 +180,9 @@ def main() -> None:
         f"stack: {', '.join(services)}; producer {args.rate}/s",
         flush=True,
     )
-    stack = EphemeralStack(services, {"PRODUCER_RATE": str(args.rate)})
+    # the click measure's own event type, beside those the collector takes anyway
+    event_types = f"{Settings().collector_event_types},clickprobe"
+    stack = EphemeralStack(services, {"PRODUCER_RATE": str(args.rate), "COLLECTOR_EVENT_TYPES": event_types})
     try:
         proc = stack("up", *services, check=False)
         if proc.returncode != 0:

@@ -5,15 +5,19 @@ same code the consumer validates with) and produces each valid one to Kafka, key
 id, with the idempotent producer. It answers:
 
 - 202 `{"accepted": n, "rejected": m, "errors": [{"index", "reason", "error"}]}` once Kafka has
-  acknowledged every accepted event (nothing accepted is lost); the rejected ones are not sent;
-- 400 when the body is not a JSON array of objects; 413 over COLLECTOR_MAX_BODY_BYTES or
-  COLLECTOR_MAX_EVENTS; 429 (with Retry-After) over a client's rate; 503 when Kafka did not
-  acknowledge in time or its queue is full: the client sends the same events again, and the
-  consumer counts an event_id once.
+  acknowledged every accepted event (nothing accepted is lost); the rejected ones are not sent:
+  those the contract refuses, and those of a type not in COLLECTOR_EVENT_TYPES (reason `event_type`);
+- 400 when the body is not a JSON array of objects; 403 when the request's Origin is not allowed
+  (COLLECTOR_CORS_ORIGINS, or the page's own origin) or its User-Agent is a bot's (CrawlerDetect's
+  list, or none at all); 413 over COLLECTOR_MAX_BODY_BYTES or COLLECTOR_MAX_EVENTS; 429 (with
+  Retry-After) over a client's rate (common/client_address.py says who the client is); 503 when
+  Kafka did not acknowledge in time or its queue is full: the client sends the same events again,
+  and the consumer counts an event_id once.
 
-Also `GET /healthz` (200 while Kafka answers), `GET /metrics` (Prometheus), CORS for the
-origins in COLLECTOR_CORS_ORIGINS, the tracker (`GET /shop/track.js`) and the demo shop that
-uses it (`GET /shop/`). A plain ASGI callable: no framework between the server and these few routes.
+Also CORS for the allowed origins, the tracker (`GET /shop/track.js`) and the demo shop that uses it
+(`GET /shop/`). `/healthz` (200 while Kafka answers) and `/metrics` (Prometheus) are served on
+COLLECTOR_METRICS_PORT only, never on this public port. A plain ASGI callable: no framework between
+the server and these few routes.
 """
 
 from __future__ import annotations
@@ -26,12 +30,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from crawlerdetect import CrawlerDetect
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from common.client_address import client_address, rate_limit_key
 from common.contract import MAY_REPEAT_HEADER, InvalidMessage, decode_event
+from common.metrics import MetricsServer
 from common.settings import Settings
 
 log = logging.getLogger("collector")
@@ -86,7 +94,16 @@ class Metrics:
         )
         self.events = Counter("collector_events", "Events received, by outcome", ["outcome"], registry=r)
         self.rejected = Counter(
-            "collector_rejected_events", "Events refused by the contract, by reason", ["reason"], registry=r
+            "collector_rejected_events",
+            "Events refused by the contract or the event types collected, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "collector_refused_requests",
+            "POSTs refused whole before their events are read: origin (not allowed), bot (User-Agent)",
+            ["reason"],
+            registry=r,
         )
         self.accept_seconds = Histogram(
             "collector_accept_seconds",
@@ -161,6 +178,9 @@ class Collector:
         origins = [o.strip() for o in settings.collector_cors_origins.split(",") if o.strip()]
         self.any_origin = "*" in origins
         self.origins = {o.encode() for o in origins if o != "*"}
+        self.event_types = frozenset(t.strip() for t in settings.collector_event_types.split(",") if t.strip())
+        self.crawlers = CrawlerDetect()
+        self.metrics_server = MetricsServer(self.metrics.registry, self.healthy)
         self.kafka_ok_at = float("-inf")
         self.kafka_error = "not checked yet"
         self._running = False
@@ -169,6 +189,9 @@ class Collector:
 
     # --- lifecycle (ASGI lifespan) --------------------------------------------------------------
     def start(self) -> None:
+        port = self.settings.collector_metrics_port
+        if self.metrics_server.start(self.settings.metrics_host, range(port, port + 1)) is None:
+            raise RuntimeError(f"COLLECTOR_METRICS_PORT {port} is taken: no /metrics and /healthz")
         if self.producer is None:
             self.producer = Producer({**producer_config(self.settings), "error_cb": self._on_kafka_error})
         self._running = True
@@ -177,13 +200,15 @@ class Collector:
             thread.start()
             self._threads.append(thread)
         log.info(
-            "collecting into %s on %s; POST /v1/events",
+            "collecting into %s on %s; POST /v1/events; /metrics and /healthz on port %d",
             self.settings.kafka_topic,
             self.settings.kafka_bootstrap_servers,
+            port,
         )
 
     def stop(self) -> None:
         self._running = False
+        self.metrics_server.stop()
         for thread in self._threads:
             thread.join(5)
         if self.producer is not None:
@@ -233,26 +258,21 @@ class Collector:
             if method == "POST":
                 await self._post_events(scope, receive, send)
             elif method == "OPTIONS":
-                await self._respond(send, scope, 204, b"", route="events", extra=self._preflight_headers())
+                if not self._origin_allowed(scope):
+                    self.metrics.refused.labels("origin").inc()
+                    await self._json(send, scope, 403, {"error": self._origin_refusal(scope)}, route="events")
+                else:
+                    await self._respond(send, scope, 204, b"", route="events", extra=self._preflight_headers())
             else:
                 await self._json(
                     send, scope, 405, {"error": "use POST"}, route="events", extra=[(b"allow", b"POST, OPTIONS")]
                 )
-        elif path == "/healthz" and method in ("GET", "HEAD"):
-            ok, why = self.healthy()
-            await self._respond(
-                send, scope, 200 if ok else 503, (why + "\n").encode(), b"text/plain; charset=utf-8", "healthz"
-            )
         elif path in ("/", "/shop") and method in ("GET", "HEAD"):
             await self._respond(send, scope, 307, b"", route="static", extra=[(b"location", b"/shop/")])
         elif path in self.files and method in ("GET", "HEAD"):
             body, ctype = self.files[path]
             extra = PAGE_HEADERS if path == "/shop/" else [(b"cache-control", b"public, max-age=300")]
             await self._respond(send, scope, 200, body, ctype, "static", extra, head=method == "HEAD")
-        elif path == "/metrics" and method == "GET":
-            await self._respond(
-                send, scope, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode(), "metrics"
-            )
         else:
             await self._json(send, scope, 404, {"error": "not found: POST /v1/events"}, route="other")
 
@@ -282,10 +302,18 @@ class Collector:
 
     async def _accept(self, scope, receive) -> tuple[int, dict, list]:
         s = self.settings
+        # No event of a request from a page that may not send here: CORS alone only hides the answer.
+        if not self._origin_allowed(scope):
+            self.metrics.refused.labels("origin").inc()
+            raise Reply(403, self._origin_refusal(scope))
         client = self._client(scope)
         wait = self.limiter.take(client, 1)
         if wait:
             raise Reply(429, f"rate limit: {s.collector_client_events_per_second:g} events/s per client", _retry(wait))
+        bot = self._bot(scope)
+        if bot:
+            self.metrics.refused.labels("bot").inc()
+            raise Reply(403, f"{bot}: events are collected from visitors' browsers, not from bots")
         body = await self._read_body(scope, receive)
         try:
             raws = _raw_array.decode(body)
@@ -313,6 +341,11 @@ class Collector:
             except InvalidMessage as exc:
                 errors.append({"index": i, "reason": exc.reason.value, "error": str(exc)})
                 self.metrics.rejected.labels(exc.reason.value).inc()
+                continue
+            if event.event_type not in self.event_types:
+                error = f"event_type {event.event_type!r} is not collected here (COLLECTOR_EVENT_TYPES)"
+                errors.append({"index": i, "reason": "event_type", "error": error})
+                self.metrics.rejected.labels("event_type").inc()
                 continue
             accepted.append((str(event.user_id).encode(), value))
         if accepted:
@@ -361,13 +394,40 @@ class Collector:
                 return b"".join(chunks)
 
     def _client(self, scope) -> str:
-        if self.settings.collector_trust_forwarded_for:
-            for name, value in scope["headers"]:
-                if name == b"x-forwarded-for":
-                    # One hop: the address our own proxy appended last; the rest is the client's say.
-                    return value.decode("latin-1").rsplit(",", 1)[-1].strip()
-        client = scope.get("client")
-        return client[0] if client else "unknown"
+        """The rate limit's key: common/client_address.py's rule, the one Superset's limits use too."""
+        lines = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        peer = scope.get("client")
+        address = client_address(lines, peer[0] if peer else None, self.settings.collector_trust_forwarded_for)
+        return rate_limit_key(address)
+
+    def _bot(self, scope) -> str | None:
+        """Why the request's User-Agent is a bot's, or None. Browsers always send one; CrawlerDetect's
+        list names crawlers, headless browsers and HTTP libraries and tools (curl, python-requests)."""
+        agent = next((v for k, v in scope["headers"] if k == b"user-agent"), b"").decode("latin-1").strip()
+        if not agent:
+            return "no User-Agent"
+        if self.crawlers.is_crawler(agent):
+            return f"the User-Agent is a bot's (CrawlerDetect matched {self.crawlers.get_matches()!r})"
+        return None
+
+    def _origin(self, scope) -> bytes | None:
+        return next((v for k, v in scope["headers"] if k == b"origin"), None)
+
+    def _origin_allowed(self, scope) -> bool:
+        """No Origin (no browser sent it: CORS guards browsers only), any origin with "*", a listed
+        one, or the collector's own (the shop's page, same origin: its Origin names the Host asked)."""
+        origin = self._origin(scope)
+        if origin is None or self.any_origin or origin in self.origins:
+            return True
+        host = next((v for k, v in scope["headers"] if k == b"host"), None)
+        try:
+            return host is not None and urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") == host
+        except ValueError:
+            return False
+
+    def _origin_refusal(self, scope) -> str:
+        origin = (self._origin(scope) or b"").decode("latin-1")[:200]
+        return f"origin {origin!r} may not send events here (COLLECTOR_CORS_ORIGINS)"
 
     # --- answers --------------------------------------------------------------------------------
     def _cors_headers(self, scope) -> list[tuple[bytes, bytes]]:

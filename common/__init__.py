@@ -1,1 +1,2 @@
-"""What the stages share: the event contract and the settings read from `.env`."""
+"""What the stages share: the event contract, the settings read from `.env`, /metrics and /healthz,
+and who a client is (client_address: the collector's and Superset's rate limits)."""

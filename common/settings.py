@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # The HTTP collector (collector/): where it listens (compose sets 0.0.0.0) and its limits.
     collector_host: str = "127.0.0.1"
     collector_port: Port = 8090
+    # /metrics and /healthz on a port of their own (on METRICS_HOST): the public port (the shop's
+    # tunnel) serves the events and the shop only.
+    collector_metrics_port: Port = 8091
     collector_max_body_bytes: Annotated[int, Field(ge=1024, le=100_000_000)] = 1_000_000
     collector_max_events: Annotated[int, Field(ge=1, le=100_000)] = 500
     # Per client (address): events per second on average, and the burst it may send at once.
@@ -80,10 +83,17 @@ class Settings(BaseSettings):
     collector_client_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 1_000
     # Clients whose buckets are remembered at once (the least recently seen are forgotten).
     collector_max_clients: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
-    # Behind one proxy (the tunnel), the client is the last X-Forwarded-For address, not the peer.
+    # Behind one proxy (the tunnel), the client is the last X-Forwarded-For address (its lines joined),
+    # not the peer: common/client_address.py.
     collector_trust_forwarded_for: bool = False
-    # Origins allowed to POST events from a browser, comma-separated; "*" for any site.
+    # Origins allowed to POST events from a browser, comma-separated; "*" for any site. Enforced: a
+    # request from another Origin gets 403 (a request without Origin, from no browser, is let through).
     collector_cors_origins: str = "*"
+    # Event types accepted, comma-separated (the tracker's own); any other is refused per event. Each
+    # one a type the contract allows (common/contract.py's pattern), at least one.
+    collector_event_types: Annotated[str, Field(pattern=r"^ *[a-z][a-z0-9_]* *(, *[a-z][a-z0-9_]* *)*$")] = (
+        "view,click,purchase"
+    )
     # How long a request waits for Kafka's acknowledgement before answering 503.
     collector_ack_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10
 

@@ -8,6 +8,9 @@ request (~0.2 ms on loopback), in an UNLOGGED table (counters need no crash safe
 
 Importing this module registers the scheme: RATELIMIT_STORAGE_URI = "ratelimit+postgresql://
 user:password@host:port/database". Fixed windows only (flask-limiter's default strategy).
+
+`client_key` is the limits' key (RATELIMIT_KEY_FUNC): the client by common/client_address.py, the
+rule the collector counts by too.
 """
 
 from __future__ import annotations
@@ -18,12 +21,23 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
+from flask import request
 from limits.storage import Storage
+
+from common.client_address import client_address, rate_limit_key
 
 TABLE = "rate_limit_counters"
 #: Expired counters are deleted by one request in this many (the table stays as small as the
 #: number of addresses seen within the longest window).
 PURGE_EVERY = 500
+
+
+def client_key() -> str:
+    """The request's rate-limit key: its client (one trusted proxy, as ProxyFix x_for=1 trusts; the
+    peer is the address before ProxyFix rewrote it), an IPv6 client by its /64."""
+    environ = request.environ
+    peer = environ.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR", environ.get("REMOTE_ADDR"))
+    return rate_limit_key(client_address(request.headers.getlist("X-Forwarded-For"), peer))
 
 
 class PostgresStorage(Storage):

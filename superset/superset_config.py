@@ -6,8 +6,17 @@ import sys
 
 # This folder's own modules (mounted at /app/rt-superset in compose): the security manager, the
 # rules for the public view, the rate-limit storage.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rate_limits  # noqa: E402,F401  (registers the ratelimit+postgresql storage scheme)
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _here)
+# The checkout's `common` package for common.client_address (who a client is: the collector's rule
+# too, standard library only): in the folder above this one, natively and in compose (mounted at
+# /app/common). On the path for this import only, so that no other folder of the checkout can
+# shadow a module of Superset's.
+sys.path.insert(0, os.path.dirname(_here))
+import common.client_address  # noqa: E402,F401
+
+sys.path.remove(os.path.dirname(_here))
+import rate_limits  # noqa: E402  (registers the ratelimit+postgresql storage scheme)
 from metadata_db import metadata_db_uri  # noqa: E402
 from security import PublicDashboardSecurityManager, mutate_app  # noqa: E402
 
@@ -61,6 +70,9 @@ ROW_LIMIT = 5000
 # gunicorn worker shares one count (rate_limits.py): anonymous chart data and the logins, from
 # .env (security.py). FAB's own login limit is replaced by security.py's, shared by form and API.
 RATELIMIT_ENABLED = True
+# Counted per client as common/client_address.py says (the collector's rule): X-Forwarded-For's
+# lines joined, the last entry, else the peer; IPv6 per /64.
+RATELIMIT_KEY_FUNC = rate_limits.client_key
 RATELIMIT_STORAGE_URI = "ratelimit+" + SQLALCHEMY_DATABASE_URI.replace("postgresql+psycopg2", "postgresql", 1)
 RATELIMIT_APPLICATION = None  # Superset's default "50 per second" would cost a count on every request
 AUTH_RATE_LIMITED = False

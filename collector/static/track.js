@@ -9,9 +9,9 @@
  * Events follow the contract of `user_events` (README, "The event contract"). The collector is
  * the script's own origin unless data-endpoint says otherwise; data-user-id sets the user (else a
  * random id kept in localStorage). window.rtAnalytics.track(type, {product_id, amount}) sends
- * custom events. An event leaves the queue only when the collector answered 202 (or refused it
- * for good): until then it is kept in sessionStorage and sent again with its event_id, which the
- * consumer counts once.
+ * other events (of the types in the collector's COLLECTOR_EVENT_TYPES). An event leaves the queue
+ * only when the collector answered 202 (or refused it for good): until then it is kept in
+ * sessionStorage and sent again with its event_id, which the consumer counts once.
  */
 (function (window, document) {
   "use strict";
@@ -107,8 +107,8 @@
       keepalive: true
     }).then(function (r) {
       sending = false;
-      if (r.status === 202 || r.status === 400 || r.status === 413) {
-        // 202: acknowledged (each rejected one is refused for good); 400/413: this batch never will be
+      if (r.status === 202 || r.status === 400 || r.status === 403 || r.status === 413) {
+        // 202: acknowledged (each rejected one is refused for good); 400/403/413: this batch never will be
         var done = {};
         batch.forEach(function (e) { done[e.event_id] = true; });
         forget(done);

@@ -69,14 +69,15 @@ class KafkaProducerService(Service):
 
 
 class CollectorService(Service):
-    """The HTTP collector on COLLECTOR_PORT (events, the demo shop, /healthz, /metrics)."""
+    """The HTTP collector on COLLECTOR_PORT (events, the demo shop) and COLLECTOR_METRICS_PORT
+    (/healthz, /metrics)."""
 
     name = "collector"
     depends_on = ("kafka",)
     start_timeout = 20
 
     def healthy(self, ctx: Context) -> bool:
-        return _healthz("127.0.0.1", int(ctx["COLLECTOR_PORT"]))
+        return _healthz("127.0.0.1", int(ctx["COLLECTOR_METRICS_PORT"]))
 
     def port(self, ctx: Context) -> str:
         return f"http://127.0.0.1:{ctx['COLLECTOR_PORT']}/v1/events"

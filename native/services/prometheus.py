@@ -39,7 +39,7 @@ NATIVE_PORTS = {
     "pipeline-exporter": "PIPELINE_EXPORTER_PORT",
     "postgres-exporter": "POSTGRES_EXPORTER_PORT",
     "kafka_producer": "PRODUCER_METRICS_PORT",
-    "collector": "COLLECTOR_PORT",
+    "collector": "COLLECTOR_METRICS_PORT",
     "stream_consumer": "CONSUMER_METRICS_PORT",
     "trino": "TRINO_PORT",
 }

@@ -7,6 +7,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.events import BROWSER_USER_AGENT
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 FLAGS = (
@@ -20,6 +22,9 @@ FLAGS = (
     "--no-first-run",
     "--disable-quic",
     "--window-size=1600,1900",
+    # a visitor's browser: headless Chromium's own User-Agent names it (HeadlessChrome), and the
+    # collector refuses it as a bot
+    f"--user-agent={BROWSER_USER_AGENT}",
 )
 
 #: What Superset draws for a chart that failed (error alert) and for one that is still loading.

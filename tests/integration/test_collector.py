@@ -1,6 +1,7 @@
 """The HTTP collector (collector/) on a real Kafka broker and, where counting matters, the real
-consumer and Postgres: contract errors per event, the status of each kind of bad request, the
-per-client rate limit, CORS, and that every accepted event is in Kafka when the 202 arrives."""
+consumer and Postgres: contract and event-type errors per event, the status of each kind of bad
+request, bots and foreign origins refused, the per-client rate limit (IPv6 per /64), /metrics and
+/healthz on their own port only, and that every accepted event is in Kafka when the 202 arrives."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.integration.pipeline_harness import ARTIFACTS, PARTITIONS, Pipeline
 from tests.support.ephemeral import ROOT, free_port
+from tests.support.events import BROWSER_USER_AGENT
 from tests.support.events import event as build_event
 
 
@@ -27,10 +29,11 @@ def event(user_id: int = 7, **fields) -> dict:
 
 
 class Collector:
-    """`python -m collector` on a free port, with the pipeline's topic and these settings."""
+    """`python -m collector` on free ports (public, metrics), with the pipeline's topic and these
+    settings; its requests come from a browser unless they say otherwise."""
 
     def __init__(self, pipeline: Pipeline, wait_healthy: bool = True, **env: str) -> None:
-        self.port = free_port()
+        self.port, self.metrics_port = free_port(), free_port()
         self.pipeline = pipeline
         log = ARTIFACTS / "collector" / f"{pipeline.topic}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -38,14 +41,19 @@ class Collector:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "collector"],
             cwd=ROOT,
-            env={**pipeline.env, "COLLECTOR_PORT": str(self.port), **env},
+            env={
+                **pipeline.env,
+                "COLLECTOR_PORT": str(self.port),
+                "COLLECTOR_METRICS_PORT": str(self.metrics_port),
+                **env,
+            },
             stdout=open(log, "wb"),  # noqa: SIM115 - lives with the process
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                if self.request("GET", "/healthz")[0] == 200 or not wait_healthy:
+                if self.health()[0] == 200 or not wait_healthy:
                     return
             except OSError:
                 pass
@@ -53,21 +61,38 @@ class Collector:
             time.sleep(0.2)
         raise AssertionError(f"the collector never turned healthy:\n{log.read_text()}")
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, lines=(), port=None
+    ):
+        """`headers` over a browser's User-Agent (None drops a header); `lines`: (name, value) pairs
+        sent as header lines of their own, a name repeated as often as it comes."""
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.port, timeout=30)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.putrequest(method, path)
+            given = {"User-Agent": BROWSER_USER_AGENT, **(headers or {})}
+            if body is not None:
+                given.setdefault("Content-Length", str(len(body)))
+            for name, value in [*((n, v) for n, v in given.items() if v is not None), *lines]:
+                conn.putheader(name, value)
+            conn.endheaders(body)
             r = conn.getresponse()
             return r.status, dict(r.getheaders()), r.read()
         finally:
             conn.close()
 
-    def post(self, events, headers: dict | None = None):
+    def post(self, events, headers: dict | None = None, lines=()):
         body = events if isinstance(events, bytes) else json.dumps(events).encode()
         status, head, data = self.request(
-            "POST", "/v1/events", body, {"Content-Type": "application/json", **(headers or {})}
+            "POST", "/v1/events", body, {"Content-Type": "application/json", **(headers or {})}, lines
         )
         return status, head, json.loads(data) if data else None
+
+    def health(self) -> tuple[int, bytes]:
+        status, _, body = self.request("GET", "/healthz", port=self.metrics_port)
+        return status, body
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics", port=self.metrics_port)[2].decode()
 
     def close(self) -> None:
         self.proc.terminate()
@@ -183,8 +208,7 @@ def test_a_client_over_its_rate_gets_429_and_others_do_not(pipeline):
         assert c.post([event()], {"X-Forwarded-For": "198.51.100.1, 203.0.113.9"})[0] == 202
         time.sleep(2.2)  # 1 event/s refill
         assert c.post([event() for _ in range(2)], alice)[0] == 202
-        metrics = c.request("GET", "/metrics")[2].decode()
-        assert 'collector_requests_total{route="events",status="429"} 1.0' in metrics
+        assert 'collector_requests_total{route="events",status="429"} 1.0' in c.metrics()
     finally:
         c.close()
 
@@ -197,8 +221,6 @@ def test_cors_answers_the_allowed_origins_only(pipeline):
         )
         assert status == 204 and head["access-control-allow-origin"] == "https://shop.example"
         assert "POST" in head["access-control-allow-methods"]
-        status, head, _ = c.post([event()], {"Origin": "https://evil.example"})
-        assert status == 202 and "access-control-allow-origin" not in head
         # sendBeacon posts text/plain (no preflight): accepted the same
         status, head, _ = c.request(
             "POST",
@@ -211,11 +233,131 @@ def test_cors_answers_the_allowed_origins_only(pipeline):
         c.close()
 
 
+def test_an_origin_not_allowed_gets_403_and_no_event_goes_simple_requests_too(pipeline):
+    """CORS alone only hides the answer from the page; the server refuses the events themselves."""
+    c = Collector(pipeline, COLLECTOR_CORS_ORIGINS="https://shop.example")
+    try:
+        evil = {"Origin": "https://evil.example"}
+        status, head, answer = c.post([event()], evil)
+        assert (
+            status == 403 and "COLLECTOR_CORS_ORIGINS" in answer["error"] and "access-control-allow-origin" not in head
+        )
+        for origin in ("https://evil.example", "null", "https://shop.example.evil.example", "https://shop.example:444"):
+            beacon = {"Content-Type": "text/plain;charset=UTF-8", "Origin": origin}
+            assert c.request("POST", "/v1/events", json.dumps([event()]).encode(), beacon)[0] == 403, origin
+        preflight = {**evil, "Access-Control-Request-Method": "POST"}
+        assert c.request("OPTIONS", "/v1/events", headers=preflight)[0] == 403
+        assert 'collector_refused_requests_total{reason="origin"} 6.0' in c.metrics()
+        # without Origin: no browser (a server, curl), which CORS does not govern
+        assert c.post([event()])[0] == 202
+        # the shop's own page (same origin: its Origin names the Host it asked), not listed
+        assert c.post([event()], {"Origin": f"http://127.0.0.1:{c.port}"})[0] == 202
+    finally:
+        c.close()
+    assert len(in_kafka(pipeline)) == 2
+
+
+def test_any_origin_with_a_star(collector):
+    status, head, _ = collector.post([event()], {"Origin": "https://anywhere.example"})
+    assert status == 202 and head["access-control-allow-origin"] == "*"
+
+
+#: User-Agents of crawlers, headless browsers and HTTP tools, as they send them
+BOTS = {
+    "Googlebot": "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Googlebot smartphone": "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, "
+    "like Gecko) Chrome/131.0.6778.69 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "bingbot": "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)",
+    "GPTBot": "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)",
+    "HeadlessChrome": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "HeadlessChrome/131.0.0.0 Safari/537.36",
+    "curl": "curl/8.5.0",
+    "python-requests": "python-requests/2.32.3",
+    "Python-urllib": "Python-urllib/3.11",
+    "empty": "",
+}
+BROWSERS = [
+    BROWSER_USER_AGENT,
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 "
+    "Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 "
+    "Edg/131.0.0.0",
+]
+
+
+def test_bots_are_refused_by_user_agent_and_counted(collector, pipeline):
+    refused = {}
+    for name, agent in [*BOTS.items(), ("no User-Agent", None)]:
+        status, _, answer = collector.post([event()], {"User-Agent": agent})
+        refused[name] = (status, "not from bots" in answer["error"])
+    assert refused == {name: (403, True) for name in [*BOTS, "no User-Agent"]}
+    assert all(collector.post([event()], {"User-Agent": agent})[0] == 202 for agent in BROWSERS)
+    assert f'collector_refused_requests_total{{reason="bot"}} {len(BOTS) + 1}.0' in collector.metrics()
+    assert len(in_kafka(pipeline)) == len(BROWSERS)
+
+
+def test_event_types_not_collected_are_refused_per_event_and_the_others_go(collector, pipeline):
+    sent = [event(), event(event_type="signup"), event(event_type="click"), event(event_type="x" * 50)]
+    sent.append(event(event_type="purchase", amount=5.0))
+    status, _, body = collector.post(sent)
+    assert status == 202 and (body["accepted"], body["rejected"]) == (3, 2), body
+    assert [(e["index"], e["reason"]) for e in body["errors"]] == [(1, "event_type"), (3, "event_type")]
+    assert "COLLECTOR_EVENT_TYPES" in body["errors"][0]["error"]
+    assert 'collector_rejected_events_total{reason="event_type"} 2.0' in collector.metrics()
+    assert sorted(v["event_type"] for _, v in in_kafka(pipeline)) == ["click", "purchase", "view"]
+
+
+def test_the_event_types_collected_are_a_setting(pipeline):
+    c = Collector(pipeline, COLLECTOR_EVENT_TYPES="view, signup")
+    try:
+        body = c.post([event(event_type="signup"), event(event_type="click")])[2]
+        assert (body["accepted"], [e["reason"] for e in body["errors"]]) == (1, ["event_type"])
+    finally:
+        c.close()
+
+
+def test_the_client_is_the_last_forwarded_address_whatever_the_header_lines(pipeline):
+    """The lines joined in order, the last entry taken (common/client_address.py, Superset's rule
+    too); IPv6 counts per /64; an entry that is no address counts as the peer."""
+    c = Collector(
+        pipeline,
+        COLLECTOR_CLIENT_EVENTS_PER_SECOND="0.01",
+        COLLECTOR_CLIENT_BURST="2",
+        COLLECTOR_TRUST_FORWARDED_FOR="true",
+    )
+    try:
+
+        def status(*lines: str) -> int:
+            return c.post([event()], lines=[("X-Forwarded-For", line) for line in lines])[0]
+
+        # whatever the client claims in earlier lines, its address is the one the proxy appended last
+        assert [status("203.0.113.1", "198.51.100.20"), status("203.0.113.2", "198.51.100.20")] == [202, 202]
+        assert status("203.0.113.3, 203.0.113.4", "198.51.100.20") == 429
+        assert status("198.51.100.20", "203.0.113.5") == 202  # another client
+        # two addresses of one /64 share a bucket; the next /64 has its own
+        assert [status("2001:db8:5:6::1"), status("2001:db8:5:6:ffff::2")] == [202, 202]
+        assert status("2001:db8:5:6::3") == 429
+        assert status("2001:db8:5:7::1") == 202
+        # no address at the end: the peer's bucket (127.0.0.1), which a request without the header uses
+        assert [status("198.51.100.30, garbage"), c.post([event()])[0], status("198.51.100.31,")] == [202, 202, 429]
+    finally:
+        c.close()
+
+
+def test_metrics_and_health_are_on_their_own_port_only(collector):
+    """The public port is what the shop's tunnel publishes: nothing there but events and the shop."""
+    for path in ("/metrics", "/healthz"):
+        assert collector.request("GET", path)[0] == 404, path
+    assert collector.request("GET", "/shop/")[0] == 200
+    assert collector.request("GET", "/v1/events", port=collector.metrics_port)[0] == 404
+
+
 def test_health_and_metrics_beside_the_other_services(collector):
-    status, _, body = collector.request("GET", "/healthz")
+    status, body = collector.health()
     assert status == 200 and b"kafka answers" in body
     collector.post([event(), event(event_type="bad type")])
-    metrics = collector.request("GET", "/metrics")[2].decode()
+    metrics = collector.metrics()
     assert 'collector_events_total{outcome="accepted"} 1.0' in metrics
     assert 'collector_rejected_events_total{reason="contract"} 1.0' in metrics
     assert "collector_accept_seconds_bucket" in metrics
@@ -233,7 +375,7 @@ def test_without_kafka_it_answers_503_never_202(pipeline):
     try:
         status, head, answer = c.post([event()])
         assert status == 503 and "send them again" in answer["error"] and head["retry-after"] == "1", answer
-        assert c.request("GET", "/healthz")[0] == 503
+        assert c.health()[0] == 503
     finally:
         c.close()
 
@@ -260,7 +402,8 @@ def test_any_object_is_accepted_or_rejected_with_a_reason_never_an_error(collect
     status, _, body = collector.post([{**event(), **fields}])
     assert status == 202 and body["accepted"] + body["rejected"] == 1, (status, body)
     if body["rejected"]:
-        assert body["errors"][0]["reason"] in {"contract", "event_time", "malformed"} and body["errors"][0]["error"]
+        reason = body["errors"][0]["reason"]
+        assert reason in {"contract", "event_time", "malformed", "event_type"} and body["errors"][0]["error"]
 
 
 def consumed(pipeline: Pipeline, messages: int) -> None:

@@ -82,6 +82,7 @@ class EphemeralStack:
             "CONSUMER_METRICS_PORT": str(free_port(span=8)),
             "PRODUCER_METRICS_PORT": str(free_port()),
             "COLLECTOR_PORT": str(free_port()),
+            "COLLECTOR_METRICS_PORT": str(free_port()),
             **(extra_env or {}),
         }
         self.services = services

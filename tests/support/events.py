@@ -23,6 +23,12 @@ VALID_EVENT: dict[str, Any] = {
     "country": "US",
 }
 
+#: A visitor's browser, as every test and benchmark client of the collector presents itself (the
+#: collector refuses bots' User-Agents, HTTP libraries' and headless browsers' included).
+BROWSER_USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+)
+
 #: The consumer's tables of aggregates (what a test truncates between runs); the dead letters,
 #: event ids and offsets are listed where a test needs them too.
 STREAMING_TABLES = ("streaming.user_events", "streaming.event_minutes", "streaming.sessions", "streaming.users")

@@ -60,6 +60,7 @@ NATIVE_MODULE = {
 SHARED_CONFIG = {
     "trino/etc": {"trino"},
     "superset": {"superset", "superset-init"},
+    "common": {"superset", "superset-init"},  # common/client_address.py: the rate limits' key
     "airflow/dags": {"airflow-scheduler", "airflow-dag-processor", "airflow-apiserver", "airflow-init"},
     "dbt_project": {"airflow-scheduler", "airflow-dag-processor", "airflow-apiserver", "airflow-init"},
     "postgres/init": {"postgres-init"},
@@ -400,6 +401,13 @@ def test_every_bind_mounted_path_exists(services):
 @pytest.mark.parametrize("folder", sorted(SHARED_CONFIG))
 def test_shared_config_folder_is_mounted_into_its_services(folder, services):
     assert {n for n, s in services.items() if folder in {src for src, _ in bind_mounts(s)}} >= SHARED_CONFIG[folder]
+
+
+@pytest.mark.parametrize("service", sorted(SHARED_CONFIG["common"]))
+def test_superset_finds_common_above_its_config_folder_as_in_the_checkout(services, service):
+    """superset_config.py imports common.client_address from the folder above its own."""
+    mounts = {src: target for src, target in bind_mounts(services[service])}
+    assert mounts["common"] == str(Path(mounts["superset"]).parent / "common")
 
 
 def test_files_the_services_use_inside_their_mounts_exist_in_the_repository(services):

@@ -30,6 +30,18 @@ def test_invalid_values_exit_2_with_one_line_per_variable(monkeypatch, capsys):
     assert len(err) == 2 and all(line.startswith("error: invalid setting ") for line in err)
 
 
+@pytest.mark.parametrize("types", ["", " , ", "view,,click", "view, Click", "view;click", "view,click\n"])
+def test_collector_event_types_are_types_the_contract_allows(monkeypatch, types):
+    monkeypatch.setenv("COLLECTOR_EVENT_TYPES", types)
+    with pytest.raises(SystemExit):
+        load_settings()
+
+
+def test_collector_event_types_are_a_comma_separated_list(monkeypatch):
+    monkeypatch.setenv("COLLECTOR_EVENT_TYPES", "view, click ,signup")
+    assert Settings().collector_event_types == "view, click ,signup"
+
+
 def test_producer_refuses_bad_configuration_without_a_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "kafka_producer", "--events", "1"],

@@ -9,9 +9,9 @@ from benchmarks.ab import table
 from benchmarks.report import figure_line, figures
 
 #: figure names as the benchmarks write them: words, numbers with separators, single spaces
-names = st.lists(st.from_regex(r"[A-Za-z0-9(][A-Za-z0-9_,.:/()→=+-]{0,12}", fullmatch=True), min_size=1, max_size=8).map(
-    " ".join
-)
+names = st.lists(
+    st.from_regex(r"[A-Za-z0-9(][A-Za-z0-9_,.:/()→=+-]{0,12}", fullmatch=True), min_size=1, max_size=8
+).map(" ".join)
 
 
 @given(st.dictionaries(names, st.integers(0, 10**9), min_size=1, max_size=5), st.sampled_from(["", "/s", " ms / 3 ms"]))

@@ -14,6 +14,7 @@ import time
 
 import psycopg
 
+from native.context import wait_until
 from tests.integration.pipeline_harness import Pipeline, sigkill
 
 
@@ -41,6 +42,9 @@ def test_members_joining_and_leaving_mid_stream_count_each_event_once(pipeline: 
     time.sleep(2)
     joiners = [pipeline.start_consumer() for _ in range(3)]
     time.sleep(3)
+    # its SIGTERM handler is in place once it serves /healthz (on a loaded machine the signal could
+    # otherwise arrive while it still imports, and end it as signals end any process)
+    assert wait_until(lambda: pipeline.health(0)[0] != 0, 60), "the first consumer never started serving"
     first.send_signal(signal.SIGTERM)  # a clean leave: finishes its batch, leaves the group
     assert first.wait(timeout=30) == 0
     time.sleep(2)

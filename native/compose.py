@@ -131,7 +131,13 @@ class NativeService:
         """(container path, native path), longest first, for every volume of the service."""
         out = []
         for entry in self.spec.get("volumes") or []:
-            source, target = str(entry).split(":")[:2]
+            if isinstance(entry, dict):  # the long syntax: {type, source, target, ...}
+                source, target = str(entry.get("source") or ""), str(entry["target"])
+            else:
+                source, _, target = str(entry).partition(":")
+                target = target.split(":")[0]
+            if not source or not target:  # an anonymous volume: nothing of the repository's or the state's
+                continue
             if source.startswith((".", "/")):
                 native = (self.compose.path.parent / source).resolve()
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,9 +20,6 @@ from native.services.base import Program, Service
 
 HERE = Path(__file__).resolve().parents[1] / "trino"
 ETC = REPO_ROOT / "trino" / "etc"
-#: One real read through a connector: /v1/info says "ready" a few seconds before queries stop
-#: failing with NO_NODES_AVAILABLE.
-HEALTH_QUERY = "SELECT count(*) FROM postgresql.streaming.consumer_offsets"
 
 
 def java_home(venv: Path) -> Path:
@@ -144,10 +142,20 @@ class TrinoService(Service):
 
     def healthy(self, ctx: Context) -> bool:
         try:
-            query(ctx, HEALTH_QUERY)
+            query(ctx, health_query(ctx))
             return True
         except Exception:  # noqa: BLE001 - any failure means "not yet"
             return False
+
+
+def health_query(ctx: Context) -> str:
+    """The query of compose's trino healthcheck: one real read through a connector (/v1/info says
+    "ready" a few seconds before queries stop failing with NO_NODES_AVAILABLE)."""
+    check = ctx.compose("trino").spec["healthcheck"]["test"][-1]
+    found = re.search(r"--execute '([^']+)'", check)
+    if not found:
+        raise SystemExit("stack: docker-compose.yml's trino healthcheck has no --execute '<query>'")
+    return found[1]
 
 
 def query(ctx: Context, sql: str, user: str = "stack") -> list[list]:

@@ -24,17 +24,6 @@ SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 README = ROOT / "README.md"
 
-#: compose service -> the .env port it publishes on the host (and native mode listens on)
-PUBLISHED_PORTS = {
-    "kafka": "KAFKA_PORT",
-    "postgres": "POSTGRES_PORT",
-    "trino": "TRINO_PORT",
-    "superset": "SUPERSET_PORT",
-    "airflow-apiserver": "AIRFLOW_PORT",
-    "prometheus": "PROMETHEUS_PORT",
-    "alertmanager": "ALERTMANAGER_PORT",
-    "collector": "COLLECTOR_PORT",
-}
 #: the defaults the issue and README promise
 DEFAULT_PORTS = {"SUPERSET_PORT": "8088", "TRINO_PORT": "8083", "AIRFLOW_PORT": "8080", "KAFKA_PORT": "9092"}
 DEFAULT_PORTS["POSTGRES_PORT"] = "5432"
@@ -319,11 +308,12 @@ def test_native_lock_files_pin_the_image_versions(lock, package, version, env):
 # --- ports ---------------------------------------------------------------------------------
 
 
-def test_services_publish_their_env_port_on_loopback_only(raw):
-    published = {name: service["ports"] for name, service in raw["services"].items() if service.get("ports")}
-    assert {name: [p.split(":")[:2] for p in ports] for name, ports in published.items()} == {
-        name: [["127.0.0.1", f"${{{var}}}"]] for name, var in PUBLISHED_PORTS.items()
-    }
+def test_services_publish_their_env_port_on_loopback_only(raw, env):
+    """Each published port is bound to 127.0.0.1, on a port .env names (native mode's, too)."""
+    published = [(name, port) for name, service in raw["services"].items() for port in service.get("ports") or []]
+    matches = [(name, port, re.fullmatch(r"127\.0\.0\.1:\$\{(\w+_PORT)\}:[\w${}]+", port)) for name, port in published]
+    wrong = [f"{name}: {port}" for name, port, match in matches if not match or match[1] not in env]
+    assert len(published) >= 8 and wrong == []
 
 
 def test_trino_listens_inside_on_the_port_its_config_names(raw):
@@ -382,12 +372,6 @@ def test_trino_kafka_table_reads_the_topic_env_names(env):
     """Compose mounts trino/etc as is, so its Kafka table must name .env's topic."""
     spec = json.loads((ROOT / "trino/etc/kafka/user_events.json").read_text())
     assert spec["topicName"] == env["KAFKA_TOPIC"]
-
-
-def test_trino_health_is_the_native_health_query(services):
-    from native.services.trino import HEALTH_QUERY
-
-    assert HEALTH_QUERY in services["trino"]["healthcheck"]["test"][-1]
 
 
 def test_trino_finds_its_resource_groups_where_each_mode_puts_trino_etc(services):

@@ -258,3 +258,21 @@ def test_app_ports_come_from_the_settings(tmp_path):
     assert StreamConsumerService().program(ctx).numprocs == 3
     assert KafkaProducerService().port(ctx) == "http://127.0.0.1:19110/metrics"
     assert CollectorService().port(ctx) == "http://127.0.0.1:18090/v1/events"
+
+
+def trino_command(ctx: Context) -> str:
+    """The command supervisord gets for Trino (it restarts a program whose command changed)."""
+    from native.stack import Supervisor
+
+    supervisor = Supervisor(ctx)
+    supervisor.write_config({"trino": (10, [TrinoService().program(ctx)])})
+    [line] = [line for line in supervisor.conf.read_text().splitlines() if line.startswith("command=")]
+    return line
+
+
+def test_a_setting_read_only_through_a_translation_restarts_the_program(tmp_path):
+    """Trino's environment has PROMETHEUS_URL, not PROMETHEUS_PORT: the translation records that it
+    read PROMETHEUS_PORT, and a new value changes the command supervisord compares."""
+    before = trino_command(stack_context(tmp_path))
+    assert trino_command(stack_context(tmp_path)) == before
+    assert trino_command(stack_context(tmp_path, PROMETHEUS_PORT="19091")) != before

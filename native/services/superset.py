@@ -71,8 +71,8 @@ class SupersetService(Service):
             # Provision first (compose's superset-init job), then compose's superset command, its
             # --bind translated to loopback and SUPERSET_PORT.
             argv=[
-                "bash",
-                str(SUPERSET / "bootstrap.sh"),
+                # compose's superset-init command (bash bootstrap.sh), which then execs the rest
+                *ctx.compose("superset-init").command(),
                 str(self.venv(ctx) / "bin" / gunicorn),
                 *options,
                 # its default control socket is one fixed path per user: two stacks would share it

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.settings import REPO_ROOT as ROOT
 from common.settings import env_file_values
+from native.compose import COMPOSE_FILE, Compose, NativeService
 
 
 def merged_env() -> dict[str, str]:
@@ -26,6 +27,8 @@ class Context:
     log and run commands. It holds no process; the services and the Supervisor do."""
 
     env: dict[str, str] = field(default_factory=merged_env)
+    #: the declaration of every service (a test may give a copy of its own)
+    compose_file: Path = COMPOSE_FILE
 
     @property
     def root(self) -> Path:
@@ -45,6 +48,10 @@ class Context:
     @property
     def python(self) -> Path:
         return ROOT / ".venv" / "bin" / "python"
+
+    def compose(self, service: str, volumes: dict[str, Path] | None = None) -> NativeService:
+        """A service of docker-compose.yml as a local process of this stack runs it (native/compose.py)."""
+        return Compose(self.env, self.state, self.compose_file).service(service, volumes)
 
     def __getitem__(self, key: str) -> str:
         try:

@@ -91,7 +91,7 @@ class Supervisor:
             os.chmod(spec, 0o600)
             # The digest of its .env settings is part of the command, so supervisord sees a program
             # whose settings changed as changed, and the next `up` restarts it (as compose recreates).
-            digest = settings_digest({k: v for k, v in prog.env.items() if k in settings})
+            digest = settings_digest({**{k: v for k, v in prog.env.items() if k in settings}, **prog.settings})
             command = shlex.join([str(self.ctx.python), "-m", "native.run", str(spec), digest])
         many = prog.numprocs > 1
         lines = [

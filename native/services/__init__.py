@@ -1,4 +1,5 @@
-"""The native services, in start order. Each mirrors one service of docker-compose.yml."""
+"""The native services, in start order. Each runs one service of docker-compose.yml (or a few), from
+its declaration there (native/compose.py)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 dbt in another (dbt_project/requirements.lock.txt): scheduler, dag-processor and API server as
 separate processes, LocalExecutor, metadata in the AIRFLOW_DB database of the stack's Postgres.
 
-The same settings as compose's x-airflow block: those that do not differ between the modes from
-the one file both read, airflow/airflow.env; the DAGs run `dbt build` every minute.
+The settings are compose's x-airflow block (its env_file airflow/airflow.env and its environment),
+translated for local processes by native/compose.py; the DAGs run `dbt build` every minute.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
 
-from common.settings import REPO_ROOT, env_file_values
+from common.settings import REPO_ROOT
+from native.compose import NativeService
 from native.context import Context, wait_until
 from native.services.base import Program, Service
 
@@ -25,13 +25,6 @@ ROOT = REPO_ROOT
 HOST = "127.0.0.1"
 #: unpaused on every start (a DAG paused by hand in the UI would otherwise stay paused)
 DAGS = ("analytics_dbt_build", "analytics_reconciliation", "streaming_source_freshness")
-#: Airflow's settings that do not differ between the modes; compose's x-airflow reads it too (env_file)
-SHARED_ENV = ROOT / "airflow" / "airflow.env"
-
-
-def shared_env() -> dict[str, str]:
-    """airflow/airflow.env, parsed as `.env` is (common.settings.env_file_values)."""
-    return env_file_values(SHARED_ENV)
 
 
 class AirflowService(Service):
@@ -81,58 +74,50 @@ class AirflowService(Service):
     def _migrated(self, ctx: Context) -> Path:
         return self.home(ctx) / "db-migrated"
 
+    def declared(self, ctx: Context) -> NativeService:
+        # one environment for the three processes: compose gives each container x-airflow's
+        return ctx.compose("airflow-scheduler", volumes={"airflow-logs": self.home(ctx) / "logs"})
+
     def env(self, ctx: Context) -> dict[str, str]:
-        """What compose's x-airflow block sets (airflow/airflow.env and its environment), for local
-        processes on loopback."""
+        return self.env_and_settings(ctx)[0]
+
+    def env_and_settings(self, ctx: Context) -> tuple[dict[str, str], dict[str, str]]:
+        """Compose's x-airflow environment (airflow/airflow.env, its env_file, and `environment`;
+        the metadata URL too, from the same _CMD), translated for local processes; below, only
+        what differs natively."""
         home = self.home(ctx)
         port = ctx["AIRFLOW_PORT"]
-        metadata = (
-            f"postgresql+psycopg://{quote(ctx['AIRFLOW_DB_USER'], safe='')}:"
-            f"{quote(ctx['AIRFLOW_DB_PASSWORD'], safe='')}@{ctx['POSTGRES_HOST']}:{ctx['POSTGRES_PORT']}/"
-            f"{ctx['AIRFLOW_DB']}"
+        declared = self.declared(ctx)
+        env = declared.environment(
+            {
+                "PATH": f"{self.venv(ctx) / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+                "HOME": os.environ.get("HOME", "/root"),
+                "LANG": "C.UTF-8",
+                "AIRFLOW_HOME": str(home),
+                # compose's image brings its own key; natively one generated per state folder
+                "AIRFLOW__CORE__FERNET_KEY": (home / "fernet.key").read_text().strip(),
+                # compose's API server listens on 8080 in its container; here on loopback
+                "AIRFLOW__API__HOST": HOST,
+                "AIRFLOW__API__PORT": port,
+                # Every component signs and checks the task API's tokens with this; >= 64 bytes,
+                # derived from .env's secret so that all processes (and restarts) agree.
+                "AIRFLOW__API_AUTH__JWT_SECRET": hashlib.sha512(
+                    f"rt-analytics airflow jwt {ctx['AIRFLOW_JWT_SECRET']}".encode()
+                ).hexdigest(),
+                # natively ./stack asks the API server; the scheduler's server would take port 8974
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
+                # dbt from its own virtualenv; target and logs in the state folder
+                "DBT_EXECUTABLE": str(self.dbt_venv(ctx) / "bin" / "dbt"),
+                "DBT_TARGET_PATH": str(home / "dbt" / "target"),
+                "DBT_LOG_PATH": str(home / "dbt" / "logs"),
+            }
         )
-        # Every component signs and checks the task API's tokens with this; >= 64 bytes, derived
-        # from .env's secret so that all processes (and restarts) agree.
-        jwt_secret = hashlib.sha512(f"rt-analytics airflow jwt {ctx['AIRFLOW_JWT_SECRET']}".encode()).hexdigest()
-        return {
-            **shared_env(),
-            "PATH": f"{self.venv(ctx) / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": os.environ.get("HOME", "/root"),
-            "LANG": "C.UTF-8",
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow" / "dags"),
-            "AIRFLOW__CORE__FERNET_KEY": (home / "fernet.key").read_text().strip(),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata,
-            "AIRFLOW__API__HOST": HOST,
-            "AIRFLOW__API__PORT": port,
-            "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
-            "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
-            # the served task logs and their fetcher sign with it: one value for every process
-            "AIRFLOW__API__SECRET_KEY": ctx["AIRFLOW_SECRET_KEY"],
-            # the admin, and a read-only user for the pipeline exporter (DAG runs for Prometheus)
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": (
-                f"{ctx['AIRFLOW_ADMIN_USER']}:admin,{ctx['AIRFLOW_MONITOR_USER']}:viewer"
-            ),
-            "AIRFLOW_MONITOR_USER": ctx["AIRFLOW_MONITOR_USER"],
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "simple_auth_manager_passwords.json"),
-            # dbt: profiles.yml reads these; target and logs stay out of the repository
-            "DBT_PROJECT_DIR": str(ROOT / "dbt_project"),
-            "DBT_PROFILES_DIR": str(ROOT / "dbt_project"),
-            "DBT_EXECUTABLE": str(self.dbt_venv(ctx) / "bin" / "dbt"),
-            "DBT_TARGET_PATH": str(home / "dbt" / "target"),
-            "DBT_LOG_PATH": str(home / "dbt" / "logs"),
-            "DBT_THREADS": ctx.env.get("DBT_THREADS", "4"),
-            "DBT_DB_USER": ctx["DBT_DB_USER"],
-            "DBT_DB_PASSWORD": ctx["DBT_DB_PASSWORD"],
-            "POSTGRES_HOST": ctx["POSTGRES_HOST"],
-            "POSTGRES_PORT": ctx["POSTGRES_PORT"],
-            "POSTGRES_DB": ctx["POSTGRES_DB"],
-        }
+        return env, {**declared.settings, "AIRFLOW_PORT": port, "AIRFLOW_JWT_SECRET": ctx["AIRFLOW_JWT_SECRET"]}
 
     def programs(self, ctx: Context) -> list[Program]:
-        env = self.env(ctx)
+        env, settings = self.env_and_settings(ctx)
+        # what the translation read, plus what the overrides derive from
         marker = str(self._migrated(ctx))
         # compose runs `airflow db migrate` as the airflow-init job before the others start; here
         # the scheduler runs it first and the other two wait for it: for a marker newer than their
@@ -151,12 +136,16 @@ class AirflowService(Service):
                     migrate + "airflow scheduler --skip-serve-logs",
                 ],
                 env=env,
+                settings=settings,
             ),
-            Program(name="dag_processor", argv=["bash", "-c", wait + "airflow dag-processor"], env=env),
+            Program(
+                name="dag_processor", argv=["bash", "-c", wait + "airflow dag-processor"], env=env, settings=settings
+            ),
             Program(
                 name="api_server",
                 argv=["bash", "-c", wait + f"airflow api-server --host {HOST} --port {ctx['AIRFLOW_PORT']}"],
                 env=env,
+                settings=settings,
             ),
         ]
 

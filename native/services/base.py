@@ -21,6 +21,9 @@ class Program:
     numprocs: int = 1
     stopsignal: str = "TERM"
     stopwaitsecs: int = 30
+    #: the stack's settings its argv and env were made from (a translation's `settings`): a change
+    #: of one restarts it on the next `up`, as a change of a .env variable in its env does
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 class Service:

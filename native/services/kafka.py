@@ -85,7 +85,10 @@ class KafkaService(Service):
         # The broker reads none of these: they are what server.properties is rendered from, so that a
         # change of one restarts the broker on the next `./stack up`.
         env = {k: ctx[k] for k in ("KAFKA_HOST", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_PARTITIONS")}
-        return Program(argv=[argv[0], "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", *argv[1:]], env=env)
+        # the heap compose's broker has (KAFKA_HEAP_OPTS); the rest of its environment is the
+        # image's input for server.properties, which native mode renders from its own template
+        heap = ctx.compose("kafka").value("KAFKA_HEAP_OPTS").split()
+        return Program(argv=[argv[0], *heap, "-XX:+UseG1GC", *argv[1:]], env=env)
 
     def port(self, ctx: Context) -> str:
         return f"{ctx['KAFKA_HOST']}:{ctx['KAFKA_PORT']}"

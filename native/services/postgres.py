@@ -96,10 +96,8 @@ class PostgresService(Service):
                 ctx["POSTGRES_PORT"],
                 "-c",
                 f"unix_socket_directories={self.socket_dir(ctx)}",
-                "-c",
-                "shared_buffers=256MB",
-                "-c",
-                "max_connections=200",
+                # compose's server options (shared_buffers, max_connections)
+                *ctx.compose("postgres").command()[1:],
             ],
             user="postgres",
             # SIGINT is Postgres's fast shutdown: roll back open transactions, stop at once.

@@ -2,8 +2,10 @@
 project's pipeline exporter (monitoring/pipeline_exporter), as one service of four processes.
 
 The configuration is the repository's monitoring/ (the files compose mounts). Native mode renders
-two copies into its state folder: prometheus.yml with every compose `service:port` replaced by
-127.0.0.1 and the port .env gives that service, and alertmanager.yml with ALERT_WEBHOOK_URL.
+two copies into its state folder: prometheus.yml with every compose `service:port` translated as
+native/compose.py translates compose's own values (127.0.0.1 and the port .env gives that
+service), and alertmanager.yml with ALERT_WEBHOOK_URL. The two exporters run compose's commands
+and environments, translated the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from pathlib import Path
 import yaml
 
 from common.settings import REPO_ROOT
+from native.compose import NativeService
 from native.context import Context
+from native.services.apps import compose_program, settings
 from native.services.base import Program, Service
 
 MONITORING = REPO_ROOT / "monitoring"
@@ -30,18 +34,6 @@ PACKAGES = {
     "prometheus": ("/usr/bin/prometheus", "PROMETHEUS_VERSION"),
     "prometheus-alertmanager": ("/usr/bin/prometheus-alertmanager", "ALERTMANAGER_VERSION"),
     "prometheus-postgres-exporter": ("/usr/bin/prometheus-postgres-exporter", "POSTGRES_EXPORTER_VERSION"),
-}
-#: the host part of each target in monitoring/prometheus.yml (compose's service names) -> the .env
-#: port that service listens on natively (on loopback)
-NATIVE_PORTS = {
-    "localhost": "PROMETHEUS_PORT",
-    "alertmanager": "ALERTMANAGER_PORT",
-    "pipeline-exporter": "PIPELINE_EXPORTER_PORT",
-    "postgres-exporter": "POSTGRES_EXPORTER_PORT",
-    "kafka_producer": "PRODUCER_METRICS_PORT",
-    "collector": "COLLECTOR_METRICS_PORT",
-    "stream_consumer": "CONSUMER_METRICS_PORT",
-    "trino": "TRINO_PORT",
 }
 
 
@@ -54,34 +46,27 @@ def binary_version(binary: str) -> str:
 
 def consumer_targets(ctx: Context) -> list[str]:
     """Member k of CONSUMER_REPLICAS serves its metrics on CONSUMER_METRICS_PORT + k."""
-    base = int(ctx.env.get("CONSUMER_METRICS_PORT", "9111"))
-    return [f"{HOST}:{base + k}" for k in range(int(ctx.env.get("CONSUMER_REPLICAS", "1")))]
+    s = settings(ctx)
+    return [f"{HOST}:{s.consumer_metrics_port + k}" for k in range(s.consumer_replicas)]
 
 
-def native_address(ctx: Context, target: str) -> str:
-    host = target.rsplit(":", 1)[0]
-    if host not in NATIVE_PORTS:
-        raise SystemExit(f"stack: monitoring/prometheus.yml names {target}; add its host to NATIVE_PORTS")
-    var = NATIVE_PORTS[host]
-    defaults = {"PRODUCER_METRICS_PORT": "9110", "CONSUMER_METRICS_PORT": "9111"}
-    port = ctx.env.get(var, defaults.get(var)) or ctx[var]
-    return f"{ctx['TRINO_HOST'] if host == 'trino' else HOST}:{port}"
-
-
-def native_prometheus_config(ctx: Context) -> dict:
-    """monitoring/prometheus.yml with loopback addresses, the consumer's members listed, and the rule
-    files at their absolute paths (Prometheus reads them relative to the config file)."""
+def native_prometheus_config(ctx: Context, declared: NativeService | None = None) -> dict:
+    """monitoring/prometheus.yml with its compose addresses translated as compose's own values are
+    (native/compose.py: `service:port` -> the service's native host and .env port, `localhost` is
+    Prometheus itself), the consumer's members listed, and the rule files at their absolute paths
+    (Prometheus reads them relative to the config file)."""
+    declared = declared or ctx.compose("prometheus")
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     config["rule_files"] = [str(MONITORING / f) for f in config.get("rule_files", [])]
     for manager in config["alerting"]["alertmanagers"]:
         for static in manager["static_configs"]:
-            static["targets"] = [native_address(ctx, t) for t in static["targets"]]
+            static["targets"] = [declared.translate(t) for t in static["targets"]]
     for job in config["scrape_configs"]:
         if job.pop("dns_sd_configs", None) is not None:
             job["static_configs"] = [{"targets": consumer_targets(ctx)}]
             continue
         for static in job.get("static_configs", []):
-            static["targets"] = [native_address(ctx, t) for t in static["targets"]]
+            static["targets"] = [declared.translate(t) for t in static["targets"]]
     return config
 
 
@@ -159,23 +144,17 @@ class PrometheusService(Service):
     def programs(self, ctx: Context) -> list[Program]:
         state = self.state(ctx)
         base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        # Each program's environment holds the .env settings its rendered config came from, so
-        # that `./stack up` restarts it when one of them changes (see Supervisor.write_config).
+        # The .env settings its rendered config came from: a change of one restarts it on the next
+        # `./stack up` (see Supervisor.write_config).
+        declared = ctx.compose("prometheus")
+        native_prometheus_config(ctx, declared)
         rendered_from: dict[str, str] = {
-            k: ctx.env[k]
-            for k in (
-                "PROMETHEUS_PORT",
-                "ALERTMANAGER_PORT",
-                "PIPELINE_EXPORTER_PORT",
-                "POSTGRES_EXPORTER_PORT",
-                "PRODUCER_METRICS_PORT",
-                "CONSUMER_METRICS_PORT",
-                "CONSUMER_REPLICAS",
-                "TRINO_HOST",
-                "TRINO_PORT",
-            )
-            if k in ctx.env
+            **declared.settings,
+            **{k: ctx.env[k] for k in ("CONSUMER_METRICS_PORT", "CONSUMER_REPLICAS") if k in ctx.env},
         }
+        exporter = ctx.compose("postgres-exporter")
+        exporter_args = exporter.command()
+        exporter_env = exporter.environment({"PATH": base["PATH"]})
         return [
             Program(
                 name="server",
@@ -188,7 +167,8 @@ class PrometheusService(Service):
                     # POST /-/reload: `./stack up` applies edited rules without a restart (loopback only)
                     "--web.enable-lifecycle",
                 ],
-                env={**base, **rendered_from},
+                env=base,
+                settings=rendered_from,
             ),
             Program(
                 name="alertmanager",
@@ -207,28 +187,14 @@ class PrometheusService(Service):
                     "ALERT_WEBHOOK_URL": ctx.env.get("ALERT_WEBHOOK_URL", ""),
                 },
             ),
+            # compose's postgres-exporter: its command and environment, translated
             Program(
                 name="postgres_exporter",
-                argv=[
-                    PACKAGES["prometheus-postgres-exporter"][0],
-                    f"--web.listen-address={HOST}:{ctx['POSTGRES_EXPORTER_PORT']}",
-                    f"--extend.query-path={MONITORING / 'postgres_exporter' / 'queries.yaml'}",
-                ],
-                env={
-                    **base,
-                    "DATA_SOURCE_URI": f"{ctx['POSTGRES_HOST']}:{ctx['POSTGRES_PORT']}/{ctx['POSTGRES_DB']}"
-                    "?sslmode=disable",
-                    "DATA_SOURCE_USER": ctx["MONITOR_DB_USER"],
-                    "DATA_SOURCE_PASS": ctx["MONITOR_DB_PASSWORD"],
-                    "POSTGRES_EXPORTER_PORT": ctx["POSTGRES_EXPORTER_PORT"],
-                },
+                argv=[PACKAGES["prometheus-postgres-exporter"][0], *exporter_args],
+                env=exporter_env,
+                settings=exporter.settings,
             ),
-            Program(
-                name="pipeline_exporter",
-                argv=[str(ctx.python), "-m", "monitoring.pipeline_exporter"],
-                env={**ctx.env, "PIPELINE_EXPORTER_HOST": HOST},
-                directory=str(ctx.root),
-            ),
+            compose_program(ctx, "pipeline-exporter", name="pipeline_exporter"),
         ]
 
     def port(self, ctx: Context) -> str:

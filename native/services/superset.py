@@ -1,5 +1,7 @@
 """Apache Superset from PyPI in a virtualenv of its own, served by gunicorn.
 
+Its environment and gunicorn's command are compose's (x-superset-env, the superset service's
+command), translated for local processes by native/compose.py.
 Each start first runs superset/bootstrap.sh (the script compose's superset-init job runs: migrate,
 roles, admin, the dashboard bundle), which then execs gunicorn: Superset's app does not boot on an
 unmigrated metadata database, so provisioning cannot wait for health as other services' jobs do.
@@ -13,33 +15,12 @@ import urllib.request
 from pathlib import Path
 
 from common.settings import REPO_ROOT
+from native.compose import NativeService
 from native.context import Context
 from native.services.base import Program, Service
 
 SUPERSET = REPO_ROOT / "superset"
 HOST = "127.0.0.1"
-
-
-def gunicorn_options(ctx: Context) -> list[str]:
-    """gunicorn's options in both modes (compose's superset command lists the same, with .env's values).
-
-    Request lines and header fields keep gunicorn's bounds (8 KiB): the public dashboard's URLs are
-    short and Superset's explore keeps its state server-side (form_data_key). Bodies are bounded by
-    Flask (SUPERSET_MAX_CONTENT_LENGTH). A worker silent for SUPERSET_GUNICORN_TIMEOUT is replaced
-    (gthread workers keep signalling while their threads serve long requests; Trino's
-    TRINO_QUERY_MAX_EXECUTION_TIME bounds those), and idle keep-alive connections are closed after
-    SUPERSET_GUNICORN_KEEPALIVE seconds, so idle clients can't hold the threads."""
-    return [
-        "--workers=2",
-        "--worker-class=gthread",
-        # 8: superset/public_cache.py keeps some free for replayed answers whatever clients send
-        "--threads=8",
-        f"--timeout={ctx['SUPERSET_GUNICORN_TIMEOUT']}",
-        f"--graceful-timeout={ctx['SUPERSET_GUNICORN_TIMEOUT']}",
-        f"--keep-alive={ctx['SUPERSET_GUNICORN_KEEPALIVE']}",
-        "--limit-request-line=8190",
-        "--limit-request-field_size=8190",
-    ]
 
 
 class SupersetService(Service):
@@ -64,49 +45,42 @@ class SupersetService(Service):
         self.home(ctx).mkdir(parents=True, exist_ok=True)
 
     def env(self, ctx: Context) -> dict[str, str]:
-        """What superset_config.py and bootstrap.sh read; compose's x-superset-env sets the same."""
-        env = {
-            "SUPERSET_CONFIG_PATH": str(SUPERSET / "superset_config.py"),
-            "SUPERSET_HOME": str(self.home(ctx)),
-            "SUPERSET_SECRET_KEY": ctx["SUPERSET_SECRET_KEY"],
-            # superset_config.py builds the metadata URL from these (superset/metadata_db.py)
-            "SUPERSET_DB_USER": ctx["SUPERSET_DB_USER"],
-            "SUPERSET_DB_PASSWORD": ctx["SUPERSET_DB_PASSWORD"],
-            "SUPERSET_DB": ctx["SUPERSET_DB"],
-            "POSTGRES_HOST": ctx["POSTGRES_HOST"],
-            "POSTGRES_PORT": ctx["POSTGRES_PORT"],
-            "SUPERSET_ADMIN_USER": ctx["SUPERSET_ADMIN_USER"],
-            "SUPERSET_ADMIN_PASSWORD": ctx["SUPERSET_ADMIN_PASSWORD"],
-            "TRINO_HOST": ctx["TRINO_HOST"],
-            "TRINO_PORT": ctx["TRINO_PORT"],
-            "SUPERSET_RATE_LIMIT_CHART_DATA": ctx["SUPERSET_RATE_LIMIT_CHART_DATA"],
-            "SUPERSET_RATE_LIMIT_LOGIN": ctx["SUPERSET_RATE_LIMIT_LOGIN"],
-            "SUPERSET_MAX_CONTENT_LENGTH": ctx["SUPERSET_MAX_CONTENT_LENGTH"],
-            "SUPERSET_PUBLIC_CACHE_SECONDS": ctx["SUPERSET_PUBLIC_CACHE_SECONDS"],
-            # gunicorn reads these from its argv; here too so that changing them restarts it
-            "SUPERSET_GUNICORN_TIMEOUT": ctx["SUPERSET_GUNICORN_TIMEOUT"],
-            "SUPERSET_GUNICORN_KEEPALIVE": ctx["SUPERSET_GUNICORN_KEEPALIVE"],
+        """Compose's x-superset-env (what superset_config.py and bootstrap.sh read), translated
+        for a local process; below, only what differs natively."""
+        return self.declared(ctx).environment(self.overrides(ctx))
+
+    def declared(self, ctx: Context) -> NativeService:
+        # SUPERSET_HOME: the folder native mode has always kept it in (compose: superset-home)
+        return ctx.compose("superset", volumes={"superset-home": self.home(ctx)})
+
+    def overrides(self, ctx: Context) -> dict[str, str | None]:
+        overrides: dict[str, str | None] = {
             "PATH": f"{self.venv(ctx) / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             "HOME": os.environ.get("HOME", "/root"),
         }
+        # a test's shorter cache (superset_config.py's default otherwise; compose does not set it)
         if "SUPERSET_DATA_CACHE_TIMEOUT" in ctx.env:
-            env["SUPERSET_DATA_CACHE_TIMEOUT"] = ctx.env["SUPERSET_DATA_CACHE_TIMEOUT"]
-        return env
+            overrides["SUPERSET_DATA_CACHE_TIMEOUT"] = ctx.env["SUPERSET_DATA_CACHE_TIMEOUT"]
+        return overrides
 
     def program(self, ctx: Context) -> Program:
+        declared = self.declared(ctx)
+        gunicorn, *options, app = declared.command()
+        env = declared.environment(self.overrides(ctx))
         return Program(
-            # Provision, then the command compose's superset service runs, bound to loopback.
+            # Provision first (compose's superset-init job), then compose's superset command, its
+            # --bind translated to loopback and SUPERSET_PORT.
             argv=[
-                "bash",
-                str(SUPERSET / "bootstrap.sh"),
-                str(self.venv(ctx) / "bin" / "gunicorn"),
-                *gunicorn_options(ctx),
-                f"--bind={HOST}:{ctx['SUPERSET_PORT']}",
+                # compose's superset-init command (bash bootstrap.sh), which then execs the rest
+                *ctx.compose("superset-init").command(),
+                str(self.venv(ctx) / "bin" / gunicorn),
+                *options,
                 # its default control socket is one fixed path per user: two stacks would share it
                 "--no-control-socket",
-                "superset.app:create_app()",
+                app,
             ],
-            env=self.env(ctx),
+            env=env,
+            settings=declared.settings,
         )
 
     def port(self, ctx: Context) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -19,20 +20,6 @@ from native.services.base import Program, Service
 
 HERE = Path(__file__).resolve().parents[1] / "trino"
 ETC = REPO_ROOT / "trino" / "etc"
-#: One real read through a connector: /v1/info says "ready" a few seconds before queries stop
-#: failing with NO_NODES_AVAILABLE.
-HEALTH_QUERY = "SELECT count(*) FROM postgresql.streaming.consumer_offsets"
-#: What Trino's ${ENV:...} placeholders in trino/etc need (an unset one stops Trino with exit 100).
-ENV_KEYS = (
-    "TRINO_PORT",
-    "POSTGRES_HOST",
-    "POSTGRES_PORT",
-    "POSTGRES_DB",
-    "TRINO_DB_USER",
-    "TRINO_DB_PASSWORD",
-    "KAFKA_BOOTSTRAP_SERVERS",
-    "TRINO_QUERY_MAX_EXECUTION_TIME",
-)
 
 
 def java_home(venv: Path) -> Path:
@@ -127,12 +114,15 @@ class TrinoService(Service):
 
     def program(self, ctx: Context) -> Program:
         state = self.state(ctx)
-        env = {k: ctx[k] for k in ENV_KEYS}
-        # resource-groups.properties names its JSON by the etc folder Trino reads (compose: /etc/trino).
-        env["TRINO_ETC_DIR"] = str(state / "etc")
-        # the prometheus catalog (compose: http://prometheus:9090)
-        env["PROMETHEUS_URL"] = f"http://127.0.0.1:{ctx['PROMETHEUS_PORT']}"
-        env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+        # compose's trino environment (what trino/etc's ${ENV:...} placeholders read), translated
+        declared = ctx.compose("trino", volumes={"trino-data": state / "data"})
+        env = declared.environment(
+            {
+                # the etc folder Trino reads is native mode's copy (the Kafka table's topic, the node)
+                "TRINO_ETC_DIR": str(state / "etc"),
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            }
+        )
         return Program(
             # `run` stays in the foreground and execs java: supervisord's SIGTERM stops Trino.
             argv=[
@@ -144,6 +134,7 @@ class TrinoService(Service):
                 f"--data-dir={state / 'data'}",
             ],
             env=env,
+            settings=declared.settings,
         )
 
     def port(self, ctx: Context) -> str:
@@ -151,10 +142,20 @@ class TrinoService(Service):
 
     def healthy(self, ctx: Context) -> bool:
         try:
-            query(ctx, HEALTH_QUERY)
+            query(ctx, health_query(ctx))
             return True
         except Exception:  # noqa: BLE001 - any failure means "not yet"
             return False
+
+
+def health_query(ctx: Context) -> str:
+    """The query of compose's trino healthcheck: one real read through a connector (/v1/info says
+    "ready" a few seconds before queries stop failing with NO_NODES_AVAILABLE)."""
+    check = ctx.compose("trino").spec["healthcheck"]["test"][-1]
+    found = re.search(r"--execute '([^']+)'", check)
+    if not found:
+        raise SystemExit("stack: docker-compose.yml's trino healthcheck has no --execute '<query>'")
+    return found[1]
 
 
 def query(ctx: Context, sql: str, user: str = "stack") -> list[list]:

@@ -10,8 +10,8 @@ from datetime import timedelta
 
 import pytest
 
+from common.settings import env_file_values
 from native.context import Context
-from native.services.airflow import shared_env
 from tests.support.ephemeral import ROOT
 
 DAGS = ROOT / "airflow" / "dags"
@@ -51,7 +51,8 @@ def dagbag(tmp_path_factory) -> dict:
     venv = Context().venv("airflow", ROOT / "airflow" / "requirements.lock.txt")
     home = tmp_path_factory.mktemp("airflow-home")
     env = {
-        **shared_env(),  # airflow/airflow.env, as both modes give it to the dag-processor
+        # airflow/airflow.env, compose's x-airflow env_file: both modes give it to the dag-processor
+        **env_file_values(ROOT / "airflow" / "airflow.env"),
         "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
         "HOME": str(home),
         "AIRFLOW_HOME": str(home),

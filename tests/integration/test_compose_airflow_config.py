@@ -12,17 +12,18 @@ from urllib.parse import quote
 
 import yaml
 
+from native.compose import interpolate
 from native.context import ROOT, Context
+from native.services.airflow import AirflowService
 from tests.unit.test_compose import (
     AIRFLOW_SERVICES,
     COMPOSE_FILE,
     HOSTILE_PASSWORD,
     container_environment,
     dotenv,
-    interpolate,
-    native_environments,
     shared_airflow_env,
 )
+from tests.unit.test_native_compose import stack_context
 
 # argv[1]: the names of airflow/airflow.env; an AIRFLOW__SECTION__KEY is read as Airflow's option
 READ = """
@@ -78,10 +79,17 @@ def test_airflow_reads_the_compose_metadata_url_and_secret_key(tmp_path):
         assert read["shared"] == shared_airflow_env()
 
 
-def test_native_airflow_reads_the_shared_settings_as_compose_does(tmp_path):
-    """The environment native mode gives Airflow's processes: Airflow reads airflow/airflow.env's
-    values from it, the ones compose's containers read."""
-    native = native_environments(dotenv(), tmp_path)["airflow"]
+def test_native_airflow_reads_composes_settings_on_loopback(tmp_path):
+    """The environment native mode gives Airflow's processes (compose's x-airflow, translated):
+    Airflow reads airflow/airflow.env's values from it, and the metadata URL from compose's _CMD,
+    pointing at the local Postgres, any password kept."""
+    ctx = stack_context(tmp_path, AIRFLOW_DB_USER="air:flow@", AIRFLOW_DB_PASSWORD=HOSTILE_PASSWORD)
+    native = AirflowService().env(ctx)
     home = tmp_path / "home"
     home.mkdir()
-    assert read_config(native, home)["shared"] == shared_airflow_env()
+    read = read_config(native, home)
+    assert read["shared"] == shared_airflow_env()
+    url = f"postgresql+psycopg://{quote('air:flow@', safe='')}:{quote(HOSTILE_PASSWORD, safe='')}"
+    assert (
+        read["conn"] == read["conn_async"] == f"{url}@{ctx['POSTGRES_HOST']}:{ctx['POSTGRES_PORT']}/{ctx['AIRFLOW_DB']}"
+    )

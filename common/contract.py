@@ -33,7 +33,7 @@ DEFAULT_MAX_FUTURE_SKEW = dt.timedelta(minutes=5)
 Header = tuple[str, str | bytes | None]
 # A Kafka header by which a producer says that an event may reach the topic more than once with
 # the same event_id: the collector sets it, since its HTTP clients retry. The consumer counts such
-# an event once within its dedup window (CONSUMER_DEDUP_WINDOW_SECONDS). Events without it cost
+# an event once per (user_id, event_id) within its dedup window (CONSUMER_DEDUP_WINDOW_SECONDS). Events without it cost
 # nothing there: a producer that mints each id once and sends with Kafka's idempotence (which
 # drops its own retries), as kafka_producer does, cannot repeat one.
 MAY_REPEAT_HEADER: Header = ("event-ids", b"may-repeat")

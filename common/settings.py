@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     # Seconds an event's occurred_at (a profile's updated_at) may lie past the message's arrival in
     # Kafka, for producers whose clocks run ahead. At most a day, so that the contract stays tight.
     consumer_max_future_skew: Annotated[int, Field(ge=0, le=86_400)] = int(DEFAULT_MAX_FUTURE_SKEW.total_seconds())
-    # An event_id is counted once within this many seconds (clients retry; the collector's 503 asks
-    # them to); 0 turns deduplication off. Postgres keeps about rate x window ids (streaming.event_ids).
+    # A user's event_id is counted once within this many seconds (clients retry; the collector's 503
+    # asks them to); 0 turns deduplication off. Postgres keeps rate x window to twice that many ids
+    # (streaming.event_ids, two generations).
     consumer_dedup_window_seconds: Annotated[int, Field(ge=0, le=7 * 86_400)] = 900
     consumer_replicas: Annotated[int, Field(ge=1, le=100)] = 1
     # Member k of CONSUMER_REPLICAS serves /metrics and /healthz on the k-th port from this one.

@@ -34,6 +34,10 @@ from common.contract import (
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
+#: What the dedup window remembers of an event: (user_id, event_id as its 128-bit int: hashed in C,
+#: where a uuid.UUID hashes in Python). Another user's event with the same id is another event (one
+#: visitor must not suppress another's events by reusing their ids).
+EventKey = tuple[int, int]
 # confluent_kafka.TIMESTAMP_LOG_APPEND_TIME: the broker stamped the message when it arrived.
 LOG_APPEND_TIME = 2
 
@@ -209,12 +213,16 @@ class Batch:
         self.next_offsets: dict[TopicPartition, int] = {}
         self.messages: list[KafkaMessage] = []
         self.events = 0
-        # CONSUMER_DEDUP_WINDOW_SECONDS: an event_id is counted once within this many seconds (0: off).
-        # The batch counts each id once and collects them; at commit, ids Postgres has already seen
-        # within the window (streaming.event_ids) make it rebuild itself without them (deduplicated()).
+        # CONSUMER_DEDUP_WINDOW_SECONDS: a user's event_id is counted once within this many seconds
+        # (0: off). The batch counts each (user_id, event_id) once and collects them; at commit, keys
+        # Postgres has already seen within the window (streaming.event_ids) make it rebuild itself
+        # without them (deduplicated()).
         self.dedup_window = dedup_window
-        self.event_ids: set[uuid.UUID] | None = set() if dedup_window > 0 else None
-        self.known_ids: frozenset[uuid.UUID] = frozenset()
+        self.event_ids: set[EventKey] | None = set() if dedup_window > 0 else None
+        # The same keys as Postgres takes them (user_id, event_id), in the order first counted.
+        self.id_users: list[int] = []
+        self.id_events: list[uuid.UUID] = []
+        self.known_ids: frozenset[EventKey] = frozenset()
         self.duplicates = 0
 
     def __len__(self) -> int:
@@ -230,9 +238,9 @@ class Batch:
             self.dedup_window,
         )
 
-    def deduplicated(self, known: set[uuid.UUID]) -> Batch:
-        """This batch's messages again, without the events whose ids are in `known` (counted by an
-        earlier batch within the window): the same offsets and dead letters, fewer events."""
+    def deduplicated(self, known: set[EventKey]) -> Batch:
+        """This batch's messages again, without the events whose (user_id, event_id) are in `known`
+        (counted by an earlier batch within the window): the same offsets and dead letters, fewer events."""
         batch = self._empty_like()
         batch.known_ids = frozenset(known)
         batch.add(self.messages)
@@ -275,6 +283,7 @@ class Batch:
             self.wall_clock = time.time()
         wall_latest = self.wall_clock + skew
         ids, known = self.event_ids, self.known_ids
+        id_users, id_events = self.id_users, self.id_events
         self.messages.extend(messages)
         for msg in messages:
             topic = msg.topic()
@@ -306,10 +315,14 @@ class Batch:
                 self.dead_letter(msg, Reason.INTERNAL_ERROR, f"consumer error: {type(exc).__name__}: {exc}")
                 continue
             if may_repeat and ids is not None:
-                if event.event_id in ids or event.event_id in known:
+                id_key = (event.user_id, event.event_id.int)
+                seen = len(ids)
+                ids.add(id_key)
+                if len(ids) == seen or (known and id_key in known):
                     self.duplicates += 1  # a client's retry: counted the first time only
                     continue
-                ids.add(event.event_id)
+                id_users.append(event.user_id)
+                id_events.append(event.event_id)
             self.events += 1
 
             row = user_events.get((event.user_id, etype))

@@ -474,15 +474,16 @@ class StreamConsumer:
         )
 
     def _purge_event_ids(self) -> None:
-        """CONSUMER_DEDUP_WINDOW_SECONDS: forgets the ids seen before the window began."""
-        from stream_consumer.store import purge_event_ids
+        """CONSUMER_DEDUP_WINDOW_SECONDS: a new generation of the window once the current one is
+        a window old, forgetting the generation before it."""
+        from stream_consumer.store import rotate_event_ids
 
         window = self.settings.consumer_dedup_window_seconds
         self._purge(
             "event id window",
             "a minute",
-            lambda: purge_event_ids(self.settings.consumer_dsn(), window),
-            f"forgot %d ids older than {window} s",
+            lambda: rotate_event_ids(self.settings.consumer_dsn(), window),
+            f"new generation, forgot %d ids at least {window} s old",
             logging.DEBUG,  # every minute, as a matter of course
         )
 

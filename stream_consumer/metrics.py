@@ -11,7 +11,7 @@ class ConsumerMetrics:
         self.events = Counter("stream_consumer_events", "Events committed to the streaming tables", registry=r)
         self.duplicates = Counter(
             "stream_consumer_duplicate_events",
-            "Events not counted: their event_id was counted before, within CONSUMER_DEDUP_WINDOW_SECONDS",
+            "Events not counted: their user's event_id was counted before, within CONSUMER_DEDUP_WINDOW_SECONDS",
             registry=r,
         )
         self.messages = Counter(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import psycopg
+from psycopg import sql
 
-from stream_consumer.batch import Batch, TopicPartition
+from stream_consumer.batch import Batch, EventKey, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +87,79 @@ ON CONFLICT (topic, "partition", "offset") DO UPDATE SET
     raw_value_exact = excluded.raw_value_exact, received_at = clock_timestamp()
 """
 
-# An event_id seen within the window is a duplicate. The batch's ids are inserted (or, seen only
-# longer ago than the window, stamped again), and the statement answers with the ids it could not
-# record: the duplicates, usually none (the set difference is Postgres', not 50,000 ids sent back).
-# Sorted ids: two members inserting overlapping ids lock them in the same order.
-RECORD_EVENT_IDS = """
-WITH batch AS (
-    SELECT unnest(%s::uuid[]) AS id
+# The dedup window (streaming.sql): a (user_id, event_id) seen within it is a duplicate. Two slots,
+# streaming.event_ids_0 and _1; a batch reads which one is current with a ROW SHARE lock on
+# streaming.event_id_generation, held to its commit: a rotation (rotate_event_ids, EXCLUSIVE) waits
+# for the batches in flight and the next ones wait for it, so no batch sees a slot emptied or
+# swapped under it.
+CURRENT_SLOT = "SELECT slot FROM streaming.event_id_generation FOR SHARE"
+
+# The batch's keys are recorded in the current slot unless the other slot (the generation before)
+# holds them; the statement answers with those: the duplicates, usually none. The look-up is a
+# scalar subquery, one index probe per key, so that no estimate turns it into a join that reads the
+# whole slot. Parameters in binary (%b): psycopg's text form of a uuid costs 6x more. Sorted: two
+# members inserting overlapping keys lock them in the same order.
+#
+# Fast path: a plain INSERT (its unique index is the check within the current slot, half the cost
+# of ON CONFLICT's speculative insertion). A key the current slot already holds (a retry within
+# the generation) fails it with a unique violation: the batch then takes the careful path below.
+RECORD_NEW_KEYS = """
+WITH checked AS (
+    SELECT b.*, (SELECT true FROM streaming.{other} o WHERE o.user_id = b.user_id AND o.event_id = b.event_id) AS seen
+    FROM unnest(%(users)b::bigint[], %(ids)b::uuid[]) AS b(user_id, event_id)
 ), recorded AS (
-    INSERT INTO streaming.event_ids AS t (event_id, seen_at)
-    SELECT id, clock_timestamp() FROM batch
-    ON CONFLICT (event_id) DO UPDATE SET seen_at = excluded.seen_at
-    WHERE t.seen_at < excluded.seen_at - make_interval(secs => %s)
-    RETURNING event_id
+    INSERT INTO streaming.{current} (slot, user_id, event_id)
+    SELECT %(slot)s, user_id, event_id FROM checked WHERE seen IS NULL
+    ORDER BY user_id, event_id
 )
-SELECT id FROM batch EXCEPT SELECT event_id FROM recorded
+SELECT user_id, event_id FROM checked WHERE seen
 """
+
+# Careful path: ON CONFLICT skips the keys the current slot holds (also a key another member
+# inserts at the same time: it waits for that member's commit).
+RECORD_KEYS = """
+WITH batch AS (
+    SELECT * FROM unnest(%(users)b::bigint[], %(ids)b::uuid[]) AS b(user_id, event_id)
+), recorded AS (
+    INSERT INTO streaming.{current} (slot, user_id, event_id)
+    SELECT %(slot)s, user_id, event_id FROM batch b
+    WHERE (SELECT true FROM streaming.{other} o WHERE o.user_id = b.user_id AND o.event_id = b.event_id) IS NULL
+    ORDER BY user_id, event_id
+    ON CONFLICT DO NOTHING
+    RETURNING user_id, event_id
+)
+SELECT user_id, event_id FROM batch EXCEPT ALL SELECT user_id, event_id FROM recorded
+"""
+
+#: After a batch took the careful path, the next ones take it at once: copies come in bursts.
+CAREFUL_BATCHES = 20
+
+
+@dataclasses.dataclass
+class Window:
+    """The dedup window's path for the next batches: `careful` more take the careful path."""
+
+    careful: int = 0
+
+
+def record_event_ids(cur: psycopg.Cursor, batch: Batch, window: Window) -> set[EventKey]:
+    """Records the batch's keys in the dedup window, in the caller's transaction. Returns the keys
+    seen before within the window."""
+    [(slot,)] = cur.execute(CURRENT_SLOT).fetchall()
+    names = {"current": sql.Identifier(f"event_ids_{slot}"), "other": sql.Identifier(f"event_ids_{1 - slot}")}
+    params = {"users": batch.id_users, "ids": batch.id_events, "slot": slot}
+    if window.careful:
+        window.careful -= 1
+    else:
+        try:
+            with cur.connection.transaction():  # a savepoint: a unique violation undoes this statement only
+                cur.execute(sql.SQL(RECORD_NEW_KEYS).format(**names), params)
+                return {(u, e.int) for u, e in cur.fetchall()}
+        except psycopg.errors.UniqueViolation:
+            window.careful = CAREFUL_BATCHES
+    cur.execute(sql.SQL(RECORD_KEYS).format(**names), params)
+    return {(u, e.int) for u, e in cur.fetchall()}
+
 
 # A replay starts from nothing: the ids of what it replays are forgotten with the aggregates.
 AGGREGATE_TABLES = ("user_events", "event_minutes", "sessions", "users", "dead_letter_events", "event_ids")
@@ -119,6 +178,7 @@ class Store:
         self.dsn = dsn
         self.group = group
         self.conn: psycopg.Connection | None = None
+        self.window = Window()
 
     def connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
@@ -180,7 +240,7 @@ class Store:
             )
             if cur.rowcount != len(keys):
                 raise Fenced(f"{len(keys) - cur.rowcount} of {len(keys)} partitions moved on since this batch began")
-            return write_aggregates(cur, batch)
+            return write_aggregates(cur, batch, self.window)
 
     def reset(self, start_offsets: dict[TopicPartition, int]) -> None:
         """Empties every aggregate and moves this group's offsets to `start_offsets` (the start of
@@ -218,14 +278,12 @@ class Store:
         return {(t, p): off for t, p, off in rows}
 
 
-def write_aggregates(cur: psycopg.Cursor, batch: Batch) -> Batch:
+def write_aggregates(cur: psycopg.Cursor, batch: Batch, window: Window | None = None) -> Batch:
     """Adds the batch's aggregates, profiles and dead letters (the offsets are the caller's:
     Store.commit); with a dedup window, without the events whose ids were counted before within
     it. Returns the batch as written."""
     if batch.event_ids:
-        ids = sorted(batch.event_ids)
-        cur.execute(RECORD_EVENT_IDS, (ids, batch.dedup_window))
-        seen = {row[0] for row in cur.fetchall()}
+        seen = record_event_ids(cur, batch, window or Window())
         if seen:
             batch = batch.deduplicated(seen)
     if batch.user_events:
@@ -289,18 +347,29 @@ def write_aggregates(cur: psycopg.Cursor, batch: Batch) -> Batch:
     return batch
 
 
-def purge_event_ids(dsn: str, window_seconds: float, chunk: int = 50_000) -> int:
-    """Forgets the event ids seen longer ago than the dedup window, a bounded chunk per transaction
-    (streaming.event_ids stays at about rate x window rows). Returns how many went."""
-    deleted = 0
+def rotate_event_ids(dsn: str, window_seconds: float) -> int:
+    """Starts a new generation of the dedup window once the current one is `window_seconds` old:
+    empties the other slot (the generation before the current, whose ids are now at least a window
+    old) and makes it current. Returns how many ids were forgotten (0: not due yet).
+
+    The rotation waits for the batches recording ids at the moment (its EXCLUSIVE lock on
+    streaming.event_id_generation conflicts with their CURRENT_SLOT) and holds new ones until it
+    commits: every batch sees both slots of one generation, never a slot emptied under it. TRUNCATE is logged and
+    transactional, as the ids' inserts are: a crash keeps the window as it was committed."""
+    due = """SELECT slot FROM streaming.event_id_generation
+             WHERE started_at <= clock_timestamp() - make_interval(secs => %s)"""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        while True:
-            cur = conn.execute(
-                """DELETE FROM streaming.event_ids WHERE event_id IN (
-                       SELECT event_id FROM streaming.event_ids
-                       WHERE seen_at < clock_timestamp() - make_interval(secs => %s) LIMIT %s)""",
-                (window_seconds, chunk),
-            )
-            deleted += cur.rowcount
-            if cur.rowcount < chunk:
-                return deleted
+        row = conn.execute(due, (window_seconds,)).fetchone()
+        if row is None:
+            return 0
+        old = sql.Identifier(f"event_ids_{1 - row[0]}")
+        # Counted before the lock: no batch inserts into the slot that is not current.
+        [(forgotten,)] = conn.execute(sql.SQL("SELECT count(*) FROM streaming.{}").format(old)).fetchall()
+        with conn.transaction():
+            conn.execute("LOCK TABLE streaming.event_id_generation IN EXCLUSIVE MODE")
+            again = conn.execute(due + " FOR UPDATE", (window_seconds,)).fetchone()
+            if again != row:  # another member rotated meanwhile
+                return 0
+            conn.execute(sql.SQL("TRUNCATE streaming.{}").format(old))
+            conn.execute("UPDATE streaming.event_id_generation SET slot = 1 - slot, started_at = clock_timestamp()")
+        return int(forgotten)

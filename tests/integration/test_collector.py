@@ -437,7 +437,9 @@ def test_a_clients_retries_are_counted_once(collector, pipeline):
 
 
 def test_after_the_window_a_copy_counts_again_and_old_ids_are_forgotten(pipeline):
-    from stream_consumer.store import purge_event_ids
+    """The window's generations (streaming.sql): an id is remembered for at least one window (across
+    one rotation) and forgotten at the second rotation, when a copy counts again."""
+    from stream_consumer.store import rotate_event_ids
 
     pipeline.env["CONSUMER_DEDUP_WINDOW_SECONDS"] = "2"
     c = Collector(pipeline)
@@ -447,19 +449,21 @@ def test_after_the_window_a_copy_counts_again_and_old_ids_are_forgotten(pipeline
         c.post(once)
         consumed(pipeline, 1)
         time.sleep(2.5)
+        assert rotate_event_ids(pipeline.dsn, 2) == 0  # the slot it empties held nothing
         c.post(once)
         consumed(pipeline, 2)
-        assert views(pipeline) == {8: 2}
-        c.post([event(user_id=9)])
-        consumed(pipeline, 3)
-        # bounded storage: only the ids of the last window stay
-        time.sleep(2.5)
-        fresh = [event(user_id=10)]
+        assert views(pipeline) == {8: 1}  # remembered in the generation before the current one
+        fresh = [event(user_id=9)]
         c.post(fresh)
+        consumed(pipeline, 3)
+        time.sleep(2.5)
+        assert rotate_event_ids(pipeline.dsn, 2) == 1  # bounded storage: user 8's id goes
+        assert rotate_event_ids(pipeline.dsn, 2) == 0  # not due again before another window
+        c.post(once)
         consumed(pipeline, 4)
-        assert purge_event_ids(pipeline.dsn, 2) == 2
-        [(left,)] = pipeline.query("SELECT array_agg(event_id::text) FROM streaming.event_ids")
-        assert left == [fresh[0]["event_id"]]
+        assert views(pipeline) == {8: 2, 9: 1}
+        left = pipeline.query("SELECT user_id, event_id::text FROM streaming.event_ids ORDER BY user_id")
+        assert left == [(8, once[0]["event_id"]), (9, fresh[0]["event_id"])]
     finally:
         c.close()
 

@@ -231,17 +231,22 @@ def with_id(msg: Record, event_id: str, offset: int, may_repeat: bool = True) ->
 IDS = [str(uuid.UUID(int=i + 1)) for i in range(6)]
 
 
+def key(event_id: str, user_id: int) -> tuple[int, int]:
+    """The dedup window's key of a user's event_id (EventKey)."""
+    return (user_id, uuid.UUID(event_id).int)
+
+
 @settings(max_examples=200)
 @given(
     picks=st.lists(
         st.tuples(st.sampled_from(IDS), st.integers(1, 3), st.sampled_from(["view", "purchase"])), max_size=30
     ),
-    known=st.sets(st.sampled_from(IDS)),
+    known=st.sets(st.tuples(st.sampled_from(IDS), st.integers(1, 3))),
 )
-def test_with_a_dedup_window_each_event_id_counts_once_and_known_ids_not_at_all(picks, known):
-    """Retries of one event (the same event_id, whatever else the copy says) count once; the ids an
-    earlier batch counted within the window (`known`) count not at all. Offsets and dead letters
-    stay those of every message."""
+def test_with_a_dedup_window_each_users_event_id_counts_once_and_known_keys_not_at_all(picks, known):
+    """Retries of one user's event (the same user and event_id, whatever else the copy says) count
+    once; another user's event with the same id counts too; the keys an earlier batch counted within
+    the window (`known`) count not at all. Offsets and dead letters stay those of every message."""
     msgs = [
         with_id(event(user_id=u, event_type=t, amount=1.5 if t == "purchase" else None), i, n)
         for n, (i, u, t) in enumerate(picks)
@@ -249,21 +254,60 @@ def test_with_a_dedup_window_each_event_id_counts_once_and_known_ids_not_at_all(
     msgs.append(Msg(b"not json", b"1", offset=len(msgs)))
     batch = Batch("user_events", "user_profiles", 65536, dedup_window=60)
     batch.add(msgs)
-    first_copies = {}
+    first_copies: dict[tuple[str, int], str] = {}
     for i, u, t in picks:
-        first_copies.setdefault(i, (u, t))
-    assert batch.event_ids == {uuid.UUID(i) for i in first_copies} and batch.events == len(first_copies)
+        first_copies.setdefault((i, u), t)
+    assert batch.event_ids == {key(i, u) for i, u in first_copies} and batch.events == len(first_copies)
+    assert list(zip(batch.id_users, batch.id_events)) == [(u, uuid.UUID(i)) for i, u in first_copies]
     assert batch.duplicates == len(picks) - len(first_copies)
-    again = batch.deduplicated({uuid.UUID(i) for i in known})
-    kept = {i: ut for i, ut in first_copies.items() if i not in known}
+    again = batch.deduplicated({key(i, u) for i, u in known})
+    kept = {iu: t for iu, t in first_copies.items() if iu not in known}
     assert (again.events, again.duplicates) == (len(kept), len(picks) - len(kept))
     want: dict = {}
-    for u, t in kept.values():
+    for (_, u), t in kept.items():
         want[(u, t)] = want.get((u, t), 0) + 1
     assert {k: r.events for k, r in again.user_events.items()} == want
-    assert sum(r.revenue_cents for r in again.minutes.values()) == 150 * sum(t == "purchase" for _, t in kept.values())
+    assert sum(r.revenue_cents for r in again.minutes.values()) == 150 * sum(t == "purchase" for t in kept.values())
     assert again.next_offsets == batch.next_offsets == {("user_events", 0): len(msgs)}
     assert [d.offset for d in again.dead_letters] == [len(msgs) - 1]
+
+
+def test_the_same_event_id_from_two_users_counts_for_both():
+    """One visitor cannot suppress another's event by sending its id: the window keys on the pair."""
+    mine, theirs = event(user_id=1), event(user_id=2)
+    shared = IDS[0]
+    batch = Batch("user_events", "user_profiles", 65536, dedup_window=60)
+    batch.add([with_id(mine, shared, 0), with_id(theirs, shared, 1), with_id(theirs, shared, 2)])
+    assert (batch.events, batch.duplicates) == (2, 1)
+    assert {u for u, _ in batch.user_events} == {1, 2}
+    # a key known from an earlier batch suppresses that user's copy only
+    again = batch.deduplicated({key(shared, 2)})
+    assert {u: r.events for (u, _), r in again.user_events.items()} == {1: 1}
+
+
+@settings(max_examples=300)
+@given(
+    pairs=st.lists(
+        st.tuples(
+            st.sampled_from([1, 2, 2**63 - 1]) | st.integers(1, 2**63 - 1),
+            st.sampled_from(IDS[:2]) | st.uuids().map(str),
+        ),
+        max_size=20,
+    ).flatmap(lambda ps: st.permutations(ps + ps[: len(ps) // 2]))
+)
+def test_any_users_and_ids_count_once_per_pair(pairs):
+    """Hypothesis at the edge: any user ids of the contract (1 to 2^63 - 1) and any uuids, repeated in
+    any order: the batch counts exactly the distinct (user_id, event_id) pairs, each once."""
+    msgs = [with_id(event(user_id=u), i, n) for n, (u, i) in enumerate(pairs)]
+    batch = Batch("user_events", "user_profiles", 65536, dedup_window=60)
+    batch.add(msgs)
+    distinct = {(u, uuid.UUID(i)) for u, i in pairs}
+    assert batch.events == len(distinct) and batch.duplicates == len(pairs) - len(distinct)
+    assert sorted(zip(batch.id_users, batch.id_events)) == sorted(distinct)
+    per_user: dict[int, int] = {}
+    for u, _ in distinct:
+        per_user[u] = per_user.get(u, 0) + 1
+    assert {u: r.events for (u, _), r in batch.user_events.items()} == per_user
 
 
 def test_only_events_that_may_repeat_are_checked_and_recorded():
@@ -274,9 +318,10 @@ def test_only_events_that_may_repeat_are_checked_and_recorded():
     may_repeat = [Msg(msg.value(), msg.key(), offset=n, headers=[("other", b"x"), MAY_REPEAT_HEADER]) for n in (2, 3)]
     batch = Batch("user_events", "user_profiles", 65536, dedup_window=60)
     batch.add([*plain, *may_repeat])
-    msg_id = uuid.UUID(json.loads(msg.value())["event_id"])
-    assert (batch.events, batch.duplicates, batch.event_ids) == (3, 1, {msg_id})
-    again = batch.deduplicated({uuid.UUID(IDS[0]), msg_id})
+    msg_id = json.loads(msg.value())["event_id"]
+    user_id = json.loads(msg.value())["user_id"]
+    assert (batch.events, batch.duplicates, batch.event_ids) == (3, 1, {key(msg_id, user_id)})
+    again = batch.deduplicated({key(IDS[0], user_id), key(msg_id, user_id)})
     assert (again.events, again.duplicates) == (2, 2)
 
 

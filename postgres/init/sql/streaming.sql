@@ -83,14 +83,38 @@ CREATE INDEX IF NOT EXISTS dead_letter_events_received_at_idx ON streaming.dead_
 
 -- The event ids counted within the dedup window (CONSUMER_DEDUP_WINDOW_SECONDS): clients retry, so
 -- an event the collector sends (Kafka header event-ids: may-repeat) may arrive twice; the batch
--- that first counts it inserts its id in the same transaction, and a later copy within the window
--- is not counted. The consumer deletes ids older than the window every minute (by seen_at): about
--- rate x window rows, counting the events with that header only.
+-- that first counts it records (user_id, event_id) in the same transaction (logged, as the
+-- aggregates: a crash keeps both or neither), and a later copy from the same user within the
+-- window is not counted. The key is the pair: another user's event with the same id counts.
+-- Generations instead of a DELETE by age: ids go into the current slot's partition; when it is a
+-- window old, the consumer empties the other slot (TRUNCATE, a file swap, nothing to vacuum) and
+-- makes it current (stream_consumer/store.py rotate_event_ids). A copy is checked against both
+-- slots, so an id is remembered for at least one window and at most two: about rate x window to
+-- 2 x rate x window rows, one index each, counting the events with that header only.
+-- The first release keyed on event_id alone (event_id uuid PRIMARY KEY, seen_at, not partitioned):
+-- its ids have no user, so it is dropped here, at upgrade; a retry of an event sent in the last
+-- window before the upgrade may then count twice (docs/operations.md).
+DO $$
+BEGIN
+    IF (SELECT relkind FROM pg_class WHERE oid = to_regclass('streaming.event_ids')) = 'r' THEN
+        DROP TABLE streaming.event_ids;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS streaming.event_ids (
-    event_id uuid        PRIMARY KEY,
-    seen_at  timestamptz NOT NULL
+    slot     smallint NOT NULL,
+    user_id  bigint   NOT NULL,
+    event_id uuid     NOT NULL,
+    PRIMARY KEY (user_id, event_id, slot)
+) PARTITION BY LIST (slot);
+CREATE TABLE IF NOT EXISTS streaming.event_ids_0 PARTITION OF streaming.event_ids FOR VALUES IN (0);
+CREATE TABLE IF NOT EXISTS streaming.event_ids_1 PARTITION OF streaming.event_ids FOR VALUES IN (1);
+-- Which slot is current, since when. One row.
+CREATE TABLE IF NOT EXISTS streaming.event_id_generation (
+    one        boolean     PRIMARY KEY DEFAULT true CHECK (one),
+    slot       smallint    NOT NULL CHECK (slot IN (0, 1)),
+    started_at timestamptz NOT NULL
 );
-CREATE INDEX IF NOT EXISTS event_ids_seen_at_idx ON streaming.event_ids (seen_at);
+INSERT INTO streaming.event_id_generation (slot, started_at) VALUES (0, clock_timestamp()) ON CONFLICT DO NOTHING;
 
 -- Where each partition resumes: written in the same transaction as the aggregates, and only
 -- if it still holds the offset the writer started from (the fence against lost partitions).

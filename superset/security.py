@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import os
+import uuid
 from typing import Any
 
 import public_queries
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 CHART_DATA_LIMIT = os.environ.get("SUPERSET_RATE_LIMIT_CHART_DATA", "120 per minute")
 #: Form login and API login together, per client address (POST only: the page itself is free).
 LOGIN_LIMIT = os.environ.get("SUPERSET_RATE_LIMIT_LOGIN", "10 per minute")
+CHART_DATA_PATH = "/api/v1/chart/data"
 
 
 def is_anonymous() -> bool:
@@ -55,6 +57,8 @@ def is_anonymous() -> bool:
 
 
 def refused(reason: str) -> SupersetSecurityException:
+    """The public view's refusal (403), its reason shown as is: it names what the request changed."""
+    g.public_refusal = reason
     return SupersetSecurityException(
         SupersetError(
             error_type=SupersetErrorType.DASHBOARD_SECURITY_ACCESS_ERROR,
@@ -65,14 +69,29 @@ def refused(reason: str) -> SupersetSecurityException:
 
 
 def query_dict(query: Any) -> dict[str, Any]:
-    """A normalised QueryObject as plain JSON data: what it runs, time range and offsets included."""
+    """A normalised QueryObject as plain JSON data: what it runs, and what `to_dict()` leaves out
+    (time range and offsets, annotations, its own result type and datasource, time extras)."""
+    datasource = query.datasource
     data = {
         **query.to_dict(),
         "time_range": query.time_range,
         "time_offsets": query.time_offsets,
         "annotation_layers": query.annotation_layers,
+        "result_type": getattr(query.result_type, "value", query.result_type),
+        "datasource": None
+        if datasource is None
+        else [datasource.id, str(getattr(datasource.type, "value", datasource.type))],
+        "applied_time_extras": query.applied_time_extras,
     }
     return json.loads(public_queries.canonical(data))
+
+
+@functools.cache
+def query_fields() -> frozenset[str]:
+    """The keys Superset reads from each query of a chart-data request (its schema drops the rest)."""
+    from superset.charts.schemas import ChartDataQueryObjectSchema
+
+    return frozenset(f.data_key or name for name, f in ChartDataQueryObjectSchema().fields.items())
 
 
 @functools.lru_cache(maxsize=256)
@@ -92,9 +111,30 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
     #: one write: dashboard filter states, which Superset keeps for 90 days in the metadata
     #: database, any number of any size. Without it the dashboard's filters still apply; only their
     #: state is not written down for the page's URL.
+    #: Nor its reads of what the dashboard page does not need and that holds a chart's definition,
+    #: a dataset's SQL or a stored state: any chart's form data (`/api/v1/form_data/`), the legacy
+    #: chart and query endpoints (`/superset/explore_json/`, `/superset/slice/`, `/api/v1/query/`),
+    #: explore and dashboard permalinks, datasets (`/datasource/get/`, their tables' columns),
+    #: annotations and embedding settings.
     PUBLIC_ROLE_PERMISSIONS = SupersetSecurityManager.PUBLIC_ROLE_PERMISSIONS - {
-        ("can_write", "DashboardFilterStateRestApi")
+        ("can_write", "DashboardFilterStateRestApi"),
+        ("can_query_form_data", "Api"),
+        ("can_query", "Api"),
+        ("can_explore_json", "Superset"),
+        ("can_slice", "Superset"),
+        ("can_dashboard_permalink", "Superset"),
+        ("can_read", "DashboardPermalinkRestApi"),
+        ("can_read", "ExplorePermalinkRestApi"),
+        ("can_get", "Datasource"),
+        ("can_external_metadata", "Datasource"),
+        ("can_read", "Annotation"),
+        ("can_read", "AnnotationLayerRestApi"),
+        ("can_read", "EmbeddedDashboard"),
     }
+
+    def __init__(self, appbuilder: Any) -> None:
+        super().__init__(appbuilder)
+        current_app.after_request(sanitise_anonymous_answer)
 
     # --- who is asking ---------------------------------------------------------------------
 
@@ -131,6 +171,14 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
         """Why an anonymous chart-data request is more than a public chart's saved query, or None."""
         from superset.models.dashboard import Dashboard
 
+        # The request as sent, beside what Superset made of it: the rules compare both. Other ways
+        # to a query context (a chart's saved one by GET, the legacy /api/v1/query/, a cached
+        # async request) carry no dashboard request and are not public.
+        body = request.get_json(silent=True) if request.method == "POST" and request.path == CHART_DATA_PATH else None
+        if not isinstance(body, dict):
+            return f"charts are asked for by POST {CHART_DATA_PATH} with a JSON body"
+        if reason := public_queries.refuse_request_body(body):
+            return reason
         if reason := public_queries.refuse_request(
             force=bool(query_context.force),
             result_type=str(getattr(query_context.result_type, "value", query_context.result_type)),
@@ -152,6 +200,8 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
             if isinstance(target.get("column"), dict) and target["column"].get("name")
         }
         datasource = query_context.datasource
+        if str(getattr(datasource.type, "value", datasource.type)) != public_queries.DATASOURCE_TYPE:
+            return f"datasource: a {public_queries.DATASOURCE_TYPE} (a dataset) only"
         requested = [query_dict(q) for q in query_context.queries]
 
         if form_data.get("type") == "NATIVE_FILTER":
@@ -180,6 +230,10 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
             return "the chart's own dataset"
         if not chart.query_context:
             return "the chart has no saved query (save it once in the chart editor)"
+        if reason := public_queries.refuse_chart_request(
+            body, json.loads(chart.query_context), filter_columns, query_fields()
+        ):
+            return reason
         saved = json.loads(_saved_queries(chart.id, str(chart.changed_on), chart.query_context))
         return public_queries.refuse_chart_queries(requested, saved, filter_columns)
 
@@ -197,6 +251,78 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
             # Superset's own view; the API's /security/login) shares one counter: a password
             # guesser can't multiply its rate.
             self.limiter.shared_limit(LOGIN_LIMIT, scope="login", methods=["POST"])(baseview.blueprint)
+
+
+# --- what the anonymous visitor is answered ------------------------------------------------------
+
+#: Keys of a chart-data query's answer that are Superset's internals: the SQL it ran, a failure's
+#: text and trace (the answer of a failed query is replaced whole, below).
+CHART_ANSWER_INTERNALS = ("query", "error", "stacktrace")
+#: Keys of a dataset, as the dashboard's `/datasets` lists them, that the page does not draw with:
+#: its SQL, where it lives (catalog, schema: also inside `name` and `perm`), the admin's links and
+#: owners. Columns and metrics keep their names and formats, not their SQL expressions.
+DATASET_INTERNALS = (
+    "sql",
+    "schema",
+    "catalog",
+    "select_star",
+    "perm",
+    "edit_url",
+    "owners",
+    "params",
+    "template_params",
+    "fetch_values_predicate",
+    "extra",
+    "health_check_message",
+)
+#: Error answers that carry no internal text of their own (FAB's and Superset's fixed messages,
+#: the limits' own); every other anonymous error answer is replaced by `FAILED`.
+PLAIN_ERRORS = frozenset({401, 404, 405, 413, 429})
+FAILED = "This request could not be answered. Reference: {reference}"
+
+
+def sanitise_anonymous_answer(response: Any) -> Any:
+    """after_request: takes Superset's internals out of an anonymous visitor's JSON answer. Chart
+    data loses the SQL it ran (as Superset does for guest users), the dashboard's datasets their
+    SQL, catalog and schema; an error (a Trino or Postgres failure's text, a datasource's name in a
+    permission message) becomes a generic message with a reference, logged with the full answer."""
+    if not is_anonymous() or response.mimetype != "application/json" or response.direct_passthrough:
+        return response
+    try:
+        data = json.loads(response.get_data())
+    except ValueError:
+        return response
+    if response.status_code >= 400:
+        if response.status_code in PLAIN_ERRORS or getattr(g, "public_refusal", None):
+            return response
+        reference = uuid.uuid4().hex[:12]
+        logger.warning(
+            "anonymous %s %s answered %s, reference %s: %s",
+            request.method,
+            request.path,
+            response.status_code,
+            reference,
+            response.get_data(as_text=True)[:4000],
+        )
+        data = {"message": FAILED.format(reference=reference), "reference": reference}
+    elif request.path == CHART_DATA_PATH and isinstance(data, dict):
+        for result in data.get("result") or []:
+            for key in CHART_ANSWER_INTERNALS:
+                if isinstance(result, dict):
+                    result.pop(key, None)
+    elif request.path.startswith("/api/v1/dashboard/") and request.path.rstrip("/").endswith("/datasets"):
+        for dataset in data.get("result") or [] if isinstance(data, dict) else []:
+            if isinstance(dataset, dict):
+                for key in DATASET_INTERNALS:
+                    dataset.pop(key, None)
+                dataset["name"] = dataset.get("table_name")
+                for item in [*(dataset.get("columns") or []), *(dataset.get("metrics") or [])]:
+                    if isinstance(item, dict):
+                        item.pop("expression", None)
+    else:
+        return response
+    response.set_data(json.dumps(data))
+    return response
 
 
 class HttpsAwareSessionInterface(SecureCookieSessionInterface):

@@ -1,9 +1,16 @@
 """This project's Superset security manager (CUSTOM_SECURITY_MANAGER) and HTTP hardening.
 
 - Anonymous visitors (the Public role, DASHBOARD_RBAC) run the public charts' saved queries and
-  nothing else: every chart-data request is compared with the chart's saved query context by
-  `public_queries` (Superset checks only guest tokens, and only their metrics and columns);
-  legacy `explore_json` requests are refused outright.
+  nothing else: every chart-data request (POST /api/v1/chart/data, a table's) is compared with the
+  chart's saved query context by `public_queries`, as sent and as Superset normalised it (Superset
+  checks only guest tokens, and only their metrics and columns); legacy `explore_json` requests
+  are refused outright. The Public role keeps only what the dashboard page reads: no chart's
+  form data, no explore or dashboard permalink, no dataset, annotation or embedding settings.
+- Anonymous answers carry nothing internal (`sanitise_anonymous_answer`): chart data without the
+  SQL it ran (as Superset does for guest users), the dashboard's datasets without SQL, catalog or
+  schema, and any error that is not the public view's own refusal or a fixed message (a Trino or
+  Postgres failure, a permission message naming a datasource) as a generic message with a
+  reference; the full answer is logged with that reference.
 - A valid `Authorization: Bearer` token from `/api/v1/security/login` is honoured everywhere:
   FAB skips the token wherever the Public role holds the permission, so an admin's script would
   otherwise run as the anonymous visitor (no charts, role Public).

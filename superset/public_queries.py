@@ -284,8 +284,8 @@ def refuse_native_filter_queries(
         for order in query.get("orderby") or []
     ):
         return "orderby: a filter sorts by its column only"
-    if query.get("result_type") not in (None, "full") or query.get("datasource") is not None:
-        return "result_type/datasource: a filter's query has none of its own"
+    if query.get("result_type") not in (None, "full"):
+        return "result_type: a filter asks for its values (full)"
     for key in (
         "post_processing",
         "time_offsets",

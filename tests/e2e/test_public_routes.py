@@ -37,6 +37,15 @@ ALLOWED = {
     ("GET", "/api/v1/time_range/"): "the time filter's label (parses a time range, runs nothing)",
     ("GET", "/api/v1/me/"): "who the page is for (anonymous)",
     ("GET", "/api/v1/me/roles/"): "the page's menus (Public)",
+    ("GET", "/api/v1/dashboard/_info"): "the dashboard API's own description (permissions, filters), no data",
+    ("GET", "/api/v1/dashboard/favorite_status/"): "whether the dashboard is a favourite (never, for nobody)",
+    ("GET", "/api/v1/theme/"): "the page's themes (colours, fonts)",
+    ("GET", "/api/v1/theme/<int:pk>"): "the dashboard's theme",
+    ("GET", "/api/v1/theme/_info"): "the theme API's own description, no data",
+    ("GET", "/api/v1/user/<int:user_id>/avatar.png"): "a user's avatar URL (none here: 204)",
+    ("GET", "/"): "home: redirects to the welcome page, which sends the visitor to the login",
+    ("GET", "/back"): "redirects to the previous page (home)",
+    ("GET", "/login/logout/"): "ends a session (redirects home)",
     # the login, for the admin
     ("GET", "/login/"): "the admin's login page",
     ("POST", "/login/"): "the admin's login (rate-limited per address)",
@@ -113,7 +122,7 @@ def fill(rule: str, ids: dict[str, str]) -> str:
             return "table"
         if "dataset" in name or "datasource" in name or rule.startswith(("/api/v1/dataset/", "/datasource/")):
             return ids["dataset"]
-        if converter.startswith("int") or name in ("pk", "id", "chart_id", "slice_id", "object_id"):
+        if converter.startswith("int") or name == "pk" or "id" in name.split("_"):
             return ids["chart"]
         if converter.startswith("path"):
             return "index.html"
@@ -122,20 +131,42 @@ def fill(rule: str, ids: dict[str, str]) -> str:
     return re.sub(r"<(?:([a-z]+(?:\([^)]*\))?):)?([a-zA-Z_]+)>", value, rule)
 
 
+class Anonymous:
+    """A browser nobody logged in with: the session cookie and CSRF token the login page gives
+    anyone, so that a refusal is about who asks, not a missing token."""
+
+    def __init__(self, base: str) -> None:
+        self.base = urllib.parse.urlsplit(base)
+        status, headers, page = self.request("GET", "/login/", raw=True)
+        cookies = [c.split(";", 1)[0] for c in headers.get_all("Set-Cookie") or []]
+        self.cookie = next(c for c in cookies if c.startswith("session="))
+        self.csrf = re.search(r'name="csrf_token"\s+id="csrf_token"\s+value="([^"]+)"', page).group(1)
+
+    def request(self, method: str, path: str, raw: bool = False):
+        conn = http.client.HTTPConnection(self.base.hostname, self.base.port, timeout=120)
+        body = b"{}" if method in ("POST", "PUT", "PATCH") else None
+        headers = {
+            "X-Forwarded-For": next(_addresses),
+            "Accept": "application/json",
+            "Referer": f"http://{self.base.netloc}/",
+        }
+        if not raw:
+            headers.update({"Cookie": self.cookie, "X-CSRFToken": self.csrf})
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body, headers)
+            resp = conn.getresponse()
+            data = resp.read().decode(errors="replace")
+            if raw:
+                return resp.status, resp.headers, data
+            return resp.status, resp.headers.get("Location") or ""
+        finally:
+            conn.close()
+
+
 def anonymous(base: str, method: str, path: str) -> tuple[int, str]:
-    url = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
-    body = b"{}" if method in ("POST", "PUT", "PATCH") else None
-    headers = {"X-Forwarded-For": next(_addresses), "Accept": "application/json", "Referer": base + "/"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    try:
-        conn.request(method, path, body, headers)
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status, resp.headers.get("Location") or ""
-    finally:
-        conn.close()
+    return Anonymous(base).request(method, path)
 
 
 def refused(status: int, location: str) -> bool:
@@ -149,12 +180,12 @@ def test_the_route_list_comes_from_the_app(routes):
 
 
 def test_every_route_an_anonymous_visitor_reaches_is_allow_listed(routes, ids, env):
-    base = f"http://127.0.0.1:{env['SUPERSET_PORT']}"
+    visitor = Anonymous(f"http://127.0.0.1:{env['SUPERSET_PORT']}")
     reached = {}
     for method, rule, endpoint in routes:
         if (method, rule) in ALLOWED:
             continue
-        status, location = anonymous(base, method, fill(rule, ids))
+        status, location = visitor.request(method, fill(rule, ids))
         if not refused(status, location):
             reached[f"{method} {rule}"] = f"{status} {location} ({endpoint})"
     assert reached == {}

@@ -171,6 +171,8 @@ def test_a_filters_search_on_its_column_is_allowed():
 @pytest.mark.parametrize(
     "change",
     [
+        {"result_type": "samples"},
+        {"applied_time_extras": {"__time_range": "Last year"}},
         {"metrics": ["count"]},
         {"columns": ["user_id"]},
         {"extras": {"where": "1 = 1"}},
@@ -178,7 +180,7 @@ def test_a_filters_search_on_its_column_is_allowed():
         {"post_processing": [{"operation": "prophet"}]},
         {"orderby": [["user_id", True]]},
     ],
-    ids=["metric", "column", "where", "row-limit", "post-processing", "order"],
+    ids=["own-result-type", "time-extras", "metric", "column", "where", "row-limit", "post-processing", "order"],
 )
 def test_a_filters_request_for_more_than_its_values_is_refused(change):
     assert rules.refuse_native_filter_queries([{**FILTER_QUERY, **change}], "event_type", 1000, FILTER_COLUMNS)

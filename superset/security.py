@@ -5,7 +5,9 @@
   chart's saved query context by `public_queries`, as sent and as Superset normalised it (Superset
   checks only guest tokens, and only their metrics and columns); legacy `explore_json` requests
   are refused outright. The Public role keeps only what the dashboard page reads: no chart's
-  form data, no explore or dashboard permalink, no dataset, annotation or embedding settings.
+  form data, no explore or dashboard permalink, no dataset, annotation or embedding settings;
+  endpoints its remaining permissions open that the page never asks for (favourites, lists,
+  FAB's admin actions...) answer the anonymous visitor 401 (`ANONYMOUS_REFUSED_ENDPOINTS`).
 - Anonymous answers carry nothing internal (`sanitise_anonymous_answer`): chart data without the
   SQL it ran (as Superset does for guest users), the dashboard's datasets without SQL, catalog or
   schema, and any error that is not the public view's own refusal or a fixed message (a Trino or

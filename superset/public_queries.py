@@ -121,7 +121,9 @@ def refuse_chart_request(
     if not isinstance(form_data, Mapping):
         return "form_data: an object"
     for key in FORM_DATA_FIELDS:
-        if canonical(form_data.get(key)) != canonical(saved_form_data.get(key)):
+        # Superset reads each with .get() and a truth test: absent, null, false and empty are one
+        # (the dashboard sends server_pagination: false where the chart saved none)
+        if canonical(form_data.get(key) or None) != canonical(saved_form_data.get(key) or None):
             return f"form_data.{key}: differs from the saved chart"
     requested, kept = body.get("queries"), saved.get("queries") or []
     if not isinstance(requested, list) or len(requested) != len(kept):

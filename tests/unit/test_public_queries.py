@@ -251,6 +251,14 @@ def test_a_form_data_key_superset_reads_is_compared():
     assert raw_refusal(body, TOP_USERS).startswith("form_data.x_axis")
 
 
+def test_a_false_form_data_key_is_the_same_as_none():
+    """The dashboard sends server_pagination: false for a table chart that saved none."""
+    table = CHARTS["User_engagement_top_10_by_sessions"]
+    body = as_sent(table)
+    body["form_data"]["server_pagination"] = False
+    assert raw_refusal(body, table) is None
+
+
 def test_a_key_superset_drops_unread_may_differ():
     body = as_sent(TOP_USERS)
     body["queries"][0]["custom_params"] = {"anything": 1}
@@ -389,7 +397,9 @@ def _differences(body: dict, saved: dict) -> list[tuple]:
     for key in _changed(body, saved, ()):
         new, old = body.get(key[0], MISSING), saved[key[0]] if key[0] in saved else MISSING
         if key == ("form_data",) and isinstance(new, dict):
-            out += _changed(new, old, key, absent=None)  # Superset reads it with .get(): absent is null
+            # Superset reads its keys with .get() and a truth test: absent, null, false, empty are one
+            new, old = ({k: v for k, v in d.items() if v} for d in (new, old))
+            out += _changed(new, old, key)
         elif key == ("queries",) and isinstance(new, list) and all(isinstance(q, dict) for q in new):
             if len(new) != len(old):
                 out.append(key)

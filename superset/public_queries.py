@@ -2,21 +2,30 @@
 
 Superset builds each chart's query in the browser and posts it; with DASHBOARD_RBAC, the Public
 role then runs whatever a public chart's dataset can answer (any column or SQL expression, any
-row limit, `force` past the cache). For guest tokens Superset compares the request with the
-saved chart (`query_context_modified`), but only its metrics and columns. These rules compare
-the whole query, after Superset has normalised both sides, with what the chart saved:
+row limit, `force` past the cache, raw samples). For guest tokens Superset compares the request
+with the saved chart (`query_context_modified`), but only its metrics and columns. These rules
+compare the whole request with what the chart saved, twice: as it was sent (`refuse_chart_request`:
+every key Superset reads, at the top level, in each query and in `form_data`; what
+`QueryObject.to_dict()` leaves out, such as a query's own `result_type` or `datasource`, included)
+and after Superset has normalised both sides (`refuse_chart_queries`). Each field equals the saved
+one, except these variable fields:
 
-- every field of every query equal to the saved one (metrics, columns, where/having, order,
-  post-processing, time range, time comparisons, annotations...), except two:
-- `row_limit` at most the saved one, and
-- `filter`: the saved filters, plus clauses the dashboard's own native filters add (IN / NOT IN
+- `row_limit` at most the saved one (none if the chart saved none);
+- `filters`: the saved filters, plus clauses the dashboard's own native filters add (IN / NOT IN
   on a column a native filter targets, with a bounded list of plain values);
-- the request itself: no `force`, no cache timeout of its own, JSON of the full result only.
+- `url_params` (the page's URL parameters: read only by Jinja templates, which this stack leaves
+  off), a few short strings;
+- after normalisation, the time bounds Superset resolves from the (compared) time range per request;
+- `form_data` beyond the keys Superset reads from it (`FORM_DATA_FIELDS`; the dashboard's own ids
+  are checked by `security.py`).
+
+The request itself: a `table` datasource, the chart's own; no `force`, no cache timeout of its
+own, JSON of the full result only.
 
 A native filter's own request (the values it offers) may only group its target column, with
-no metric and no expression. Pure functions over plain dicts (a QueryObject's `to_dict()` with
-its time range, time offsets and annotations): `security.py` feeds them from Superset, and the
-unit tests without it.
+no metric and no expression. Pure functions over plain dicts (the request's JSON, and a
+QueryObject's `to_dict()` with the fields it leaves out): `security.py` feeds them from Superset,
+and the unit tests without it.
 """
 
 from __future__ import annotations
@@ -30,6 +39,28 @@ from typing import Any
 #: their own; the time bounds are the time range resolved at request time (the range itself is
 #: compared); the inner bounds belong to time comparisons (compared as time_offsets).
 VARIABLE_FIELDS = frozenset({"row_limit", "filter", "from_dttm", "to_dttm", "inner_from_dttm", "inner_to_dttm"})
+#: The same, in the request as sent: a query's `filters` (checked on their own like `filter`) and
+#: `url_params` (see the module docstring); `row_limit` is checked on its own.
+REQUEST_VARIABLE_FIELDS = frozenset({"row_limit", "filters", "url_params"})
+#: What Superset 6.1 reads from a chart-data request's `form_data` when it answers: the x axis and
+#: tooltips (columns added to the query), currency and column formats (a query of their own), the
+#: chart type, server-side pagination (the row limit). The dashboard varies the rest (its ids,
+#: colours, filter state).
+FORM_DATA_FIELDS = (
+    "x_axis",
+    "tooltip_contents",
+    "currency_format",
+    "column_config",
+    "viz_type",
+    "server_pagination",
+)
+#: The keys of a chart-data request (ChartDataQueryContextSchema; Superset refuses any other).
+REQUEST_FIELDS = frozenset(
+    {"datasource", "queries", "force", "custom_cache_timeout", "result_type", "result_format", "form_data"}
+)
+#: The one kind of datasource the public charts use (no saved SQL Lab queries, no semantic layers).
+DATASOURCE_TYPE = "table"
+MAX_URL_PARAMS = 20
 #: What a dashboard's select filter adds to the charts in its scope.
 NATIVE_FILTER_OPERATORS = frozenset({"IN", "NOT IN"})
 #: A select filter's search box (server-side search) on its own column.
@@ -71,6 +102,98 @@ def refuse_request(
     if (result_type, result_format) != ("full", "json"):
         return f"result {result_type}/{result_format}: public charts answer full/json only"
     return None
+
+
+def refuse_chart_request(
+    body: Mapping[str, Any],
+    saved: Mapping[str, Any],
+    filter_columns: Collection[str] = (),
+    query_fields: Collection[str] | None = None,
+) -> str | None:
+    """Why a chart-data request, as sent, differs from the chart's saved query context in a field
+    Superset reads, or None. `query_fields`: the keys Superset reads from each query (its schema's
+    fields; the rest it drops unread); None compares every key."""
+    if reason := refuse_request_body(body):
+        return reason
+    if canonical(body.get("datasource")) != canonical(saved.get("datasource")):
+        return "datasource: the chart's own dataset"
+    form_data, saved_form_data = body.get("form_data") or {}, saved.get("form_data") or {}
+    if not isinstance(form_data, Mapping):
+        return "form_data: an object"
+    for key in FORM_DATA_FIELDS:
+        # Superset reads each with .get() and a truth test: absent, null, false and empty are one
+        # (the dashboard sends server_pagination: false where the chart saved none)
+        if canonical(form_data.get(key) or None) != canonical(saved_form_data.get(key) or None):
+            return f"form_data.{key}: differs from the saved chart"
+    requested, kept = body.get("queries"), saved.get("queries") or []
+    if not isinstance(requested, list) or len(requested) != len(kept):
+        return f"{len(requested) if isinstance(requested, list) else 'no'} queries: the chart saved {len(kept)}"
+    for asked, query in zip(requested, kept):
+        if not isinstance(asked, Mapping):
+            return "queries: objects"
+        if reason := _refuse_raw_query(asked, query, filter_columns, query_fields):
+            return reason
+    return None
+
+
+def refuse_request_body(body: Mapping[str, Any]) -> str | None:
+    """Why the top level of a chart-data request is more than a dashboard's JSON request, or None
+    (for a chart's request and a native filter's alike)."""
+    if unknown := sorted(set(body) - REQUEST_FIELDS):
+        return f"{', '.join(unknown)}: not part of a chart-data request"
+    datasource = body.get("datasource")
+    if not isinstance(datasource, Mapping) or datasource.get("type") != DATASOURCE_TYPE:
+        return f"datasource: a {DATASOURCE_TYPE} (a dataset) only"
+    return refuse_request(
+        force=body.get("force") not in (None, False),
+        result_type=body.get("result_type", "full"),
+        result_format=body.get("result_format", "json"),
+        custom_cache_timeout=body.get("custom_cache_timeout"),
+    )
+
+
+def _refuse_raw_query(
+    asked: Mapping[str, Any],
+    kept: Mapping[str, Any],
+    filter_columns: Collection[str],
+    query_fields: Collection[str] | None,
+) -> str | None:
+    def shape(query: Mapping[str, Any]) -> dict[str, Any]:
+        keys = query.keys() if query_fields is None else query.keys() & set(query_fields)
+        out = {k: query[k] for k in keys if k not in REQUEST_VARIABLE_FIELDS}
+        if out.get("time_range") in NO_TIME_RANGE:
+            out.pop("time_range", None)
+        return out
+
+    asked_shape, kept_shape = shape(asked), shape(kept)
+    changed = sorted(
+        k
+        for k in asked_shape.keys() | kept_shape.keys()
+        if k not in asked_shape or k not in kept_shape or canonical(asked_shape[k]) != canonical(kept_shape[k])
+    )
+    if changed:
+        return f"{', '.join(changed)}: differ from the saved chart"
+    limit, saved_limit = asked.get("row_limit"), kept.get("row_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        return f"row_limit {canonical(limit)}: a number of rows"
+    if (limit is None) != (saved_limit is None) or (saved_limit is not None and limit > saved_limit):
+        return f"row_limit {limit}: the chart saved {saved_limit}"
+    url_params = asked.get("url_params")
+    if url_params not in (None, {}) and not (
+        isinstance(url_params, Mapping)
+        and len(url_params) <= MAX_URL_PARAMS
+        and all(_short_text(k) and _short_text(v) for k, v in url_params.items())
+    ):
+        return f"url_params: at most {MAX_URL_PARAMS} short texts"
+    requested_filters = [] if asked.get("filters") is None else asked["filters"]
+    saved_filters = kept.get("filters") or []
+    if not isinstance(requested_filters, list) or not all(isinstance(c, Mapping) for c in requested_filters):
+        return "filters: a list of clauses"
+    return _refuse_extra_filters(requested_filters, saved_filters, filter_columns)
+
+
+def _short_text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_FILTER_VALUE_LENGTH
 
 
 def _plain_value(value: Any) -> bool:
@@ -163,7 +286,16 @@ def refuse_native_filter_queries(
         for order in query.get("orderby") or []
     ):
         return "orderby: a filter sorts by its column only"
-    for key in ("post_processing", "time_offsets", "annotation_layers", "series_columns", "series_limit_metric"):
+    if query.get("result_type") not in (None, "full"):
+        return "result_type: a filter asks for its values (full)"
+    for key in (
+        "post_processing",
+        "time_offsets",
+        "annotation_layers",
+        "series_columns",
+        "series_limit_metric",
+        "applied_time_extras",
+    ):
         if query.get(key):
             return f"{key}: not part of a filter"
     if query.get("series_limit") or query.get("is_rowcount") or query.get("row_offset"):

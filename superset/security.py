@@ -1,9 +1,18 @@
 """This project's Superset security manager (CUSTOM_SECURITY_MANAGER) and HTTP hardening.
 
 - Anonymous visitors (the Public role, DASHBOARD_RBAC) run the public charts' saved queries and
-  nothing else: every chart-data request is compared with the chart's saved query context by
-  `public_queries` (Superset checks only guest tokens, and only their metrics and columns);
-  legacy `explore_json` requests are refused outright.
+  nothing else: every chart-data request (POST /api/v1/chart/data, a table's) is compared with the
+  chart's saved query context by `public_queries`, as sent and as Superset normalised it (Superset
+  checks only guest tokens, and only their metrics and columns); legacy `explore_json` requests
+  are refused outright. The Public role keeps only what the dashboard page reads: no chart's
+  form data, no explore or dashboard permalink, no dataset, annotation or embedding settings;
+  endpoints its remaining permissions open that the page never asks for (favourites, lists,
+  FAB's admin actions...) answer the anonymous visitor 401 (`ANONYMOUS_REFUSED_ENDPOINTS`).
+- Anonymous answers carry nothing internal (`sanitise_anonymous_answer`): chart data without the
+  SQL it ran (as Superset does for guest users), the dashboard's datasets without SQL, catalog or
+  schema, and any error that is not the public view's own refusal or a fixed message (a Trino or
+  Postgres failure, a permission message naming a datasource) as a generic message with a
+  reference; the full answer is logged with that reference.
 - A valid `Authorization: Bearer` token from `/api/v1/security/login` is honoured everywhere:
   FAB skips the token wherever the Public role holds the permission, so an admin's script would
   otherwise run as the anonymous visitor (no charts, role Public).
@@ -20,6 +29,7 @@ import functools
 import json
 import logging
 import os
+import uuid
 from typing import Any
 
 import public_queries
@@ -43,6 +53,7 @@ logger = logging.getLogger(__name__)
 CHART_DATA_LIMIT = os.environ.get("SUPERSET_RATE_LIMIT_CHART_DATA", "120 per minute")
 #: Form login and API login together, per client address (POST only: the page itself is free).
 LOGIN_LIMIT = os.environ.get("SUPERSET_RATE_LIMIT_LOGIN", "10 per minute")
+CHART_DATA_PATH = "/api/v1/chart/data"
 
 
 def is_anonymous() -> bool:
@@ -55,6 +66,8 @@ def is_anonymous() -> bool:
 
 
 def refused(reason: str) -> SupersetSecurityException:
+    """The public view's refusal (403), its reason shown as is: it names what the request changed."""
+    g.public_refusal = reason
     return SupersetSecurityException(
         SupersetError(
             error_type=SupersetErrorType.DASHBOARD_SECURITY_ACCESS_ERROR,
@@ -65,14 +78,30 @@ def refused(reason: str) -> SupersetSecurityException:
 
 
 def query_dict(query: Any) -> dict[str, Any]:
-    """A normalised QueryObject as plain JSON data: what it runs, time range and offsets included."""
+    """A normalised QueryObject as plain JSON data: what it runs, and what `to_dict()` leaves out
+    (time range and offsets, annotations, its own result type, time extras; its datasource, which
+    Superset 6.1 always sets to the request's: a query's own makes it fail)."""
+    datasource = query.datasource
     data = {
         **query.to_dict(),
         "time_range": query.time_range,
         "time_offsets": query.time_offsets,
         "annotation_layers": query.annotation_layers,
+        "result_type": getattr(query.result_type, "value", query.result_type),
+        "datasource": None
+        if datasource is None
+        else [datasource.id, str(getattr(datasource.type, "value", datasource.type))],
+        "applied_time_extras": query.applied_time_extras,
     }
     return json.loads(public_queries.canonical(data))
+
+
+@functools.cache
+def query_fields() -> frozenset[str]:
+    """The keys Superset reads from each query of a chart-data request (its schema drops the rest)."""
+    from superset.charts.schemas import ChartDataQueryObjectSchema
+
+    return frozenset(f.data_key or name for name, f in ChartDataQueryObjectSchema().fields.items())
 
 
 @functools.lru_cache(maxsize=256)
@@ -92,9 +121,74 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
     #: one write: dashboard filter states, which Superset keeps for 90 days in the metadata
     #: database, any number of any size. Without it the dashboard's filters still apply; only their
     #: state is not written down for the page's URL.
+    #: Nor its reads of what the dashboard page does not need and that holds a chart's definition,
+    #: a dataset's SQL or a stored state: any chart's form data (`/api/v1/form_data/`), the legacy
+    #: chart and query endpoints (`/superset/explore_json/`, `/superset/slice/`, `/api/v1/query/`),
+    #: explore and dashboard permalinks, datasets (`/datasource/get/`, their tables' columns),
+    #: annotations and embedding settings.
     PUBLIC_ROLE_PERMISSIONS = SupersetSecurityManager.PUBLIC_ROLE_PERMISSIONS - {
-        ("can_write", "DashboardFilterStateRestApi")
+        ("can_write", "DashboardFilterStateRestApi"),
+        ("can_query_form_data", "Api"),
+        ("can_query", "Api"),
+        ("can_explore_json", "Superset"),
+        ("can_slice", "Superset"),
+        ("can_dashboard_permalink", "Superset"),
+        ("can_read", "DashboardPermalinkRestApi"),
+        ("can_read", "ExplorePermalinkRestApi"),
+        ("can_get", "Datasource"),
+        ("can_external_metadata", "Datasource"),
+        ("can_read", "Annotation"),
+        ("can_read", "AnnotationLayerRestApi"),
+        ("can_read", "EmbeddedDashboard"),
     }
+
+    #: Endpoints the Public role's permissions open that the dashboard page never asks for:
+    #: favourites (an anonymous write per request), the chart and CSS template lists and their
+    #: _info, the admin's list pages, FAB's user, role and group actions (they fail before their
+    #: permission check), self-registration, the OAuth2 callback of databases, Superset's version.
+    #: Refused for the anonymous visitor before they run (test_public_routes.py walks them all).
+    ANONYMOUS_REFUSED_ENDPOINTS = frozenset(
+        {
+            "ChartRestApi.add_favorite",
+            "ChartRestApi.remove_favorite",
+            "DashboardRestApi.add_favorite",
+            "DashboardRestApi.remove_favorite",
+            "ChartRestApi.get_list",
+            "ChartRestApi.info",
+            "ChartRestApi.favorite_status",
+            "CssTemplateRestApi.get_list",
+            "CssTemplateRestApi.info",
+            "SliceModelView.list",
+            "DashboardModelView.list",
+            "CssTemplateModelView.list",
+            "ThemeModelView.list",
+            "UserDBModelView.action",
+            "UserDBModelView.action_post",
+            "RoleModelView.action",
+            "RoleModelView.action_post",
+            "UserGroupModelView.action",
+            "UserGroupModelView.action_post",
+            "SupersetRegisterUserView.register",
+            "SupersetRegisterUserView.activation",
+            "DatabaseRestApi.oauth2",
+            "health.version",
+        }
+    )
+
+    def __init__(self, appbuilder: Any) -> None:
+        super().__init__(appbuilder)
+        current_app.after_request(sanitise_anonymous_answer)
+
+    def before_request(self) -> Any:
+        """FAB's (who is asking), then the anonymous visitor's refusals by endpoint."""
+        g.user = current_user
+        if is_anonymous() and request.endpoint in self.ANONYMOUS_REFUSED_ENDPOINTS:
+            return current_app.response_class(
+                json.dumps({"message": "Not available to anonymous visitors: log in first"}),
+                status=401,
+                mimetype="application/json",
+            )
+        return None
 
     # --- who is asking ---------------------------------------------------------------------
 
@@ -131,6 +225,14 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
         """Why an anonymous chart-data request is more than a public chart's saved query, or None."""
         from superset.models.dashboard import Dashboard
 
+        # The request as sent, beside what Superset made of it: the rules compare both. Other ways
+        # to a query context (a chart's saved one by GET, the legacy /api/v1/query/, a cached
+        # async request) carry no dashboard request and are not public.
+        body = request.get_json(silent=True) if request.method == "POST" and request.path == CHART_DATA_PATH else None
+        if not isinstance(body, dict):
+            return f"charts are asked for by POST {CHART_DATA_PATH} with a JSON body"
+        if reason := public_queries.refuse_request_body(body):
+            return reason
         if reason := public_queries.refuse_request(
             force=bool(query_context.force),
             result_type=str(getattr(query_context.result_type, "value", query_context.result_type)),
@@ -152,6 +254,8 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
             if isinstance(target.get("column"), dict) and target["column"].get("name")
         }
         datasource = query_context.datasource
+        if str(getattr(datasource.type, "value", datasource.type)) != public_queries.DATASOURCE_TYPE:
+            return f"datasource: a {public_queries.DATASOURCE_TYPE} (a dataset) only"
         requested = [query_dict(q) for q in query_context.queries]
 
         if form_data.get("type") == "NATIVE_FILTER":
@@ -180,6 +284,10 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
             return "the chart's own dataset"
         if not chart.query_context:
             return "the chart has no saved query (save it once in the chart editor)"
+        if reason := public_queries.refuse_chart_request(
+            body, json.loads(chart.query_context), filter_columns, query_fields()
+        ):
+            return reason
         saved = json.loads(_saved_queries(chart.id, str(chart.changed_on), chart.query_context))
         return public_queries.refuse_chart_queries(requested, saved, filter_columns)
 
@@ -197,6 +305,78 @@ class PublicDashboardSecurityManager(SupersetSecurityManager):
             # Superset's own view; the API's /security/login) shares one counter: a password
             # guesser can't multiply its rate.
             self.limiter.shared_limit(LOGIN_LIMIT, scope="login", methods=["POST"])(baseview.blueprint)
+
+
+# --- what the anonymous visitor is answered ------------------------------------------------------
+
+#: Keys of a chart-data query's answer that are Superset's internals: the SQL it ran, a failure's
+#: text and trace (the answer of a failed query is replaced whole, below).
+CHART_ANSWER_INTERNALS = ("query", "error", "stacktrace")
+#: Keys of a dataset, as the dashboard's `/datasets` lists them, that the page does not draw with:
+#: its SQL, where it lives (catalog, schema: also inside `name` and `perm`), the admin's links and
+#: owners. Columns and metrics keep their names and formats, not their SQL expressions.
+DATASET_INTERNALS = (
+    "sql",
+    "schema",
+    "catalog",
+    "select_star",
+    "perm",
+    "edit_url",
+    "owners",
+    "params",
+    "template_params",
+    "fetch_values_predicate",
+    "extra",
+    "health_check_message",
+)
+#: Error answers that carry no internal text of their own (FAB's and Superset's fixed messages,
+#: the limits' own); every other anonymous error answer is replaced by `FAILED`.
+PLAIN_ERRORS = frozenset({401, 404, 405, 413, 429})
+FAILED = "This request could not be answered. Reference: {reference}"
+
+
+def sanitise_anonymous_answer(response: Any) -> Any:
+    """after_request: takes Superset's internals out of an anonymous visitor's JSON answer. Chart
+    data loses the SQL it ran (as Superset does for guest users), the dashboard's datasets their
+    SQL, catalog and schema; an error (a Trino or Postgres failure's text, a datasource's name in a
+    permission message) becomes a generic message with a reference, logged with the full answer."""
+    if not is_anonymous() or response.mimetype != "application/json" or response.direct_passthrough:
+        return response
+    try:
+        data = json.loads(response.get_data())
+    except ValueError:
+        return response
+    if response.status_code >= 400:
+        if response.status_code in PLAIN_ERRORS or getattr(g, "public_refusal", None):
+            return response
+        reference = uuid.uuid4().hex[:12]
+        logger.warning(
+            "anonymous %s %s answered %s, reference %s: %s",
+            request.method,
+            request.path,
+            response.status_code,
+            reference,
+            response.get_data(as_text=True)[:4000],
+        )
+        data = {"message": FAILED.format(reference=reference), "reference": reference}
+    elif request.path == CHART_DATA_PATH and isinstance(data, dict):
+        for result in data.get("result") or []:
+            for key in CHART_ANSWER_INTERNALS:
+                if isinstance(result, dict):
+                    result.pop(key, None)
+    elif request.path.startswith("/api/v1/dashboard/") and request.path.rstrip("/").endswith("/datasets"):
+        for dataset in data.get("result") or [] if isinstance(data, dict) else []:
+            if isinstance(dataset, dict):
+                for key in DATASET_INTERNALS:
+                    dataset.pop(key, None)
+                dataset["name"] = dataset.get("table_name")
+                for item in [*(dataset.get("columns") or []), *(dataset.get("metrics") or [])]:
+                    if isinstance(item, dict):
+                        item.pop("expression", None)
+    else:
+        return response
+    response.set_data(json.dumps(data))
+    return response
 
 
 class HttpsAwareSessionInterface(SecureCookieSessionInterface):

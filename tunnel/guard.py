@@ -59,8 +59,8 @@ PROJECT_WORDS = tuple(
     "analytics behavioral realtime demo dashboard superset airflow trino kafka postgres postgresql dbt "
     "cloudflare cloudflared tunnel collector consumer producer events shop admin monitor".split()
 )
-#: a user input shorter than this would only match single characters (zxcvbn scores those as
-#: random anyway); longer than this is a token or a URL, not a word anyone types
+#: values used as words: shorter ones save a guesser next to nothing (zxcvbn scores a 1- or
+#: 2-character match almost as random), longer ones are tokens or URLs, not words anyone types
 USER_INPUT_LENGTH = (3, 64)
 
 #: the marker `.env` puts in every development default, in any spelling: each letter or a digit or

@@ -586,6 +586,14 @@ def test_guard_is_given_every_password_and_secret_of_env(raw, env, tunnel):
     assert {k: given.get(k) for k in secrets} == {k: f"${{{k}}}" for k in secrets}
 
 
+@pytest.mark.parametrize("tunnel", sorted(TUNNELS))
+def test_guard_is_given_every_user_and_database_name_of_env(raw, env, tunnel):
+    """The words a guess at a password starts from (tunnel/guard.py's zxcvbn user inputs)."""
+    names = {k for k in env if re.search(r"_USER$|_DB$", k)}
+    given = raw["services"][tunnel]["environment"]
+    assert {k: given.get(k) for k in names} == {k: f"${{{k}}}" for k in names}
+
+
 def run_guard(**env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "tunnel" / "guard.py")], env=env, capture_output=True, text=True, timeout=30

@@ -28,9 +28,10 @@ Two kinds of anonymous requests, each with its own share:
   requests wait for the one in flight; at most MAX_ASKING ask Superset from request threads at
   once and MAX_WAITING more wait their turn, one more is told busy (429).
 - other: anything else (dashboard-filter values, refused requests...), ever-new bodies included.
-  At most OTHER_ASKING per worker ask Superset at once, one per client address, and at most
-  OTHER_PER_MINUTE per worker (a token bucket: Trino's share); beyond, 429 busy at once, without
-  waiting. Their stale answers are refreshed only within the same bounds.
+  Per worker, at most OTHER_ASKING ask Superset at once and OTHER_WAITING wait (briefly) for a
+  turn, OTHER_PER_ADDRESS of them from one client address, and OTHER_PER_MINUTE start a minute
+  (a token bucket: Trino's share); beyond, 429 busy at once. No request waits for an identical
+  one in flight (busy too), and their stale answers are refreshed only within the same bounds.
 
 A request counts as logged in (and passes straight through) only when `is_logged_in` verified
 it (security.py: a signed session or token of an active user); a cookie or header that is merely
@@ -60,17 +61,23 @@ MAX_STALE = 30.0
 #: Background refreshes at once per worker (beyond, a stale answer waits for the next request).
 MAX_REFRESHERS = 4
 #: Saved requests per worker asking Superset from a request thread at once, and waiting to:
-#: gunicorn runs 8 threads; with OTHER_ASKING, at least two stay free for answers from here
-#: whatever clients send. A dashboard's first load after a quiet spell asks for its 8 charts at
-#: once (6 at a time from a browser) and waits its turn.
+#: gunicorn runs 8 threads; with the other requests' (OTHER_*) at least one stays free for
+#: answers from here whatever clients send, most of them while only other requests flood. A
+#: dashboard's first load after a quiet spell asks for its 8 charts at once (6 at a time from a
+#: browser) and waits its turn.
 MAX_ASKING = 1
-MAX_WAITING = 4
+MAX_WAITING = 3
 #: Longest a request waits for its turn to ask Superset before it is told busy.
 WAIT_SECONDS = 30.0
-#: Other anonymous requests per worker asking Superset at once (one per address) and per minute.
+#: Other anonymous requests per worker asking Superset at once, waiting to (at most this long), from
+#: one address (asking or waiting), and starting per minute (Trino's share: each may be a query of
+#: its own; the burst lets one visitor apply a dashboard filter to its 8 charts).
 OTHER_ASKING = 1
+OTHER_WAITING = 2
+OTHER_WAIT_SECONDS = 5.0
+OTHER_PER_ADDRESS = 2
 OTHER_PER_MINUTE = 20
-OTHER_BURST = 5
+OTHER_BURST = 10
 #: Answers the same for every anonymous visitor: the chart's data, its failure, the refusal.
 KEPT = ("200 ", "400 ", "403 ")
 BUSY = (
@@ -179,29 +186,57 @@ class Segment:
 
 
 class OtherTurns:
-    """Turns for other requests: at most `asking` at once, one per address, and a token bucket of
-    `per_minute` (burst `burst`). Never waits."""
+    """Turns to ask Superset for other requests: `asking` at once and `waiting` more (for at most
+    OTHER_WAIT_SECONDS; a refresh never waits), at most `per_address` of them from one address, and
+    a token bucket of `per_minute` (burst `burst`) taken when a turn starts. Beyond, no turn."""
 
-    def __init__(self, asking: int, per_minute: float, burst: int) -> None:
-        self.asking, self.rate, self.burst = asking, per_minute / 60.0, burst
-        self.lock = threading.Lock()
-        self.addresses: set[str] = set()
+    def __init__(self, asking: int, waiting: int, per_address: int, per_minute: float, burst: int) -> None:
+        self.asking, self.waiting, self.per_address = asking, waiting, per_address
+        self.rate, self.burst = per_minute / 60.0, burst
+        self.cond = threading.Condition()
+        self.pending: dict[str, int] = {}
+        self.asking_now = self.waiting_now = 0
         self.tokens, self.at = float(burst), time.monotonic()
 
-    def take(self, address: str) -> bool:
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
-            self.at = now
-            if len(self.addresses) >= self.asking or address in self.addresses or self.tokens < 1:
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    def take(self, address: str, wait: float) -> bool:
+        with self.cond:
+            self._refill()
+            if self.pending.get(address, 0) >= self.per_address or self.tokens < 1:
                 return False
+            if self.asking_now >= self.asking:
+                if wait <= 0 or self.waiting_now >= self.waiting:
+                    return False
+                self.waiting_now += 1
+                self.pending[address] = self.pending.get(address, 0) + 1
+                try:
+                    if not self.cond.wait_for(lambda: self.asking_now < self.asking, timeout=wait):
+                        return False
+                finally:
+                    self.waiting_now -= 1
+                    self._forget(address)
+                self._refill()
+                if self.tokens < 1:
+                    return False
             self.tokens -= 1
-            self.addresses.add(address)
+            self.asking_now += 1
+            self.pending[address] = self.pending.get(address, 0) + 1
             return True
 
     def give_back(self, address: str) -> None:
-        with self.lock:
-            self.addresses.discard(address)
+        with self.cond:
+            self.asking_now -= 1
+            self._forget(address)
+            self.cond.notify()
+
+    def _forget(self, address: str) -> None:
+        self.pending[address] -= 1
+        if not self.pending[address]:
+            del self.pending[address]
 
 
 def peer_address(environ: dict) -> str:
@@ -232,7 +267,7 @@ class PublicChartCache:
         self.refreshers = threading.BoundedSemaphore(MAX_REFRESHERS)
         self.asking = threading.BoundedSemaphore(MAX_ASKING)
         self.waiting = 0
-        self.others = OtherTurns(OTHER_ASKING, OTHER_PER_MINUTE, OTHER_BURST)
+        self.others = OtherTurns(OTHER_ASKING, OTHER_WAITING, OTHER_PER_ADDRESS, OTHER_PER_MINUTE, OTHER_BURST)
 
     def cacheable(self, environ: dict) -> bool:
         try:
@@ -292,7 +327,7 @@ class PublicChartCache:
             self._land(key, flight)
             return self.answer(again[1], accept, "hit", start_response)
         address = self.address(environ)
-        if not (self.take_turn() if saved else self.others.take(address)):
+        if not (self.take_turn() if saved else self.others.take(address, OTHER_WAIT_SECONDS)):
             self._land(key, flight)
             return self.answer(None, accept, "busy", start_response)
         try:
@@ -318,7 +353,7 @@ class PublicChartCache:
             self.refreshers.release()
             return
         address = self.address(environ)
-        if not saved and not self.others.take(address):
+        if not saved and not self.others.take(address, 0):
             self._land(key, flight)
             self.refreshers.release()
             return

@@ -357,41 +357,44 @@ def test_ever_new_bodies_evict_each_other_and_not_the_saved_answers(monkeypatch)
 # --- bounds: other requests per address, at once and per minute ---------------------------------
 
 
-def test_an_address_asks_superset_for_one_other_request_at_a_time(monkeypatch):
-    monkeypatch.setattr(public_cache, "OTHER_ASKING", 2)
+def start(cache, body: bytes, address: str) -> threading.Thread:
+    thread = threading.Thread(target=request, args=(cache, body), kwargs={"HTTP_X_FORWARDED_FOR": address})
+    thread.start()
+    return thread
+
+
+def test_one_address_gets_no_more_other_turns_than_its_share(monkeypatch):
+    monkeypatch.setattr(public_cache, "OTHER_WAITING", 5)
     app = App()
     app.gate = threading.Event()
     cache = cache_for(app, saved=False)
-    first = threading.Thread(target=request, args=(cache, unique(1)), kwargs={"HTTP_X_FORWARDED_FOR": "192.0.2.1"})
-    first.start()
-    wait_for(lambda: app.calls == 1)
-    same_address = request(cache, unique(2), HTTP_X_FORWARDED_FOR="192.0.2.1")
+    threads = [start(cache, unique(i), "192.0.2.1") for i in range(public_cache.OTHER_PER_ADDRESS)]
+    wait_for(lambda: app.calls == 1 and cache.others.waiting_now == public_cache.OTHER_PER_ADDRESS - 1)
+    same_address = request(cache, unique("more"), HTTP_X_FORWARDED_FOR="192.0.2.1")  # would wait if allowed
+    threads.append(start(cache, unique("another"), "192.0.2.2"))
+    wait_for(lambda: cache.others.waiting_now == public_cache.OTHER_PER_ADDRESS)
     app.gate.set()
-    first.join()
-    other_address = request(cache, unique(3), HTTP_X_FORWARDED_FOR="192.0.2.2")
-    assert (same_address[0], same_address[1]["X-Public-Replay"], other_address[0]) == (
+    for thread in threads:
+        thread.join()
+    assert (same_address[0], same_address[1]["X-Public-Replay"], app.calls) == (
         "429 TOO MANY REQUESTS",
         "busy",
-        "200 OK",
+        public_cache.OTHER_PER_ADDRESS + 1,
     )
 
 
-def test_beyond_the_other_requests_asking_a_new_one_is_told_busy_at_once():
+def test_beyond_the_other_requests_asking_and_waiting_a_new_one_is_told_busy_at_once():
     app = App()
     app.gate = threading.Event()
     cache = cache_for(app, saved=False)
-    asking = [
-        threading.Thread(target=request, args=(cache, unique(i)), kwargs={"HTTP_X_FORWARDED_FOR": f"192.0.2.{i}"})
-        for i in range(public_cache.OTHER_ASKING)
-    ]
-    for thread in asking:
-        thread.start()
-    wait_for(lambda: app.calls == public_cache.OTHER_ASKING)
-    status = request(cache, unique("new"), HTTP_X_FORWARDED_FOR="192.0.2.200")[0]  # would hang if it waited
+    held = public_cache.OTHER_ASKING + public_cache.OTHER_WAITING
+    threads = [start(cache, unique(i), f"192.0.2.{i}") for i in range(held)]
+    wait_for(lambda: app.calls == public_cache.OTHER_ASKING and cache.others.waiting_now == public_cache.OTHER_WAITING)
+    status = request(cache, unique("new"), HTTP_X_FORWARDED_FOR="192.0.2.200")[0]  # would wait if it could
     app.gate.set()
-    for thread in asking:
+    for thread in threads:
         thread.join()
-    assert (status, app.calls) == ("429 TOO MANY REQUESTS", public_cache.OTHER_ASKING)
+    assert (status, app.calls) == ("429 TOO MANY REQUESTS", held)
 
 
 def test_other_requests_beyond_the_per_minute_budget_are_told_busy_while_saved_ones_are_answered():
@@ -411,12 +414,15 @@ def test_saved_requests_have_their_own_turns_while_other_turns_are_taken():
     app = App()
     app.gate, app.slow = threading.Event(), b"slow"
     cache = cache_for(app, saved={BODY})
-    other = threading.Thread(target=request, args=(cache, unique("slow")), kwargs={"HTTP_X_FORWARDED_FOR": "192.0.2.1"})
-    other.start()
-    wait_for(lambda: app.calls == 1)
-    saved = request(cache, HTTP_X_FORWARDED_FOR="192.0.2.2")
+    others = [
+        start(cache, unique(f"slow{i}"), f"192.0.2.{i}")
+        for i in range(public_cache.OTHER_ASKING + public_cache.OTHER_WAITING)
+    ]
+    wait_for(lambda: app.calls == 1 and cache.others.waiting_now == public_cache.OTHER_WAITING)
+    saved = request(cache, HTTP_X_FORWARDED_FOR="192.0.2.200")
     app.gate.set()
-    other.join()
+    for other in others:
+        other.join()
     assert saved[0] == "200 OK"
 
 
@@ -424,8 +430,7 @@ def test_an_other_request_identical_to_one_in_flight_is_told_busy_instead_of_wai
     app = App()
     app.gate = threading.Event()
     cache = cache_for(app, saved=False)
-    first = threading.Thread(target=request, args=(cache, unique(1)), kwargs={"HTTP_X_FORWARDED_FOR": "192.0.2.1"})
-    first.start()
+    first = start(cache, unique(1), "192.0.2.1")
     wait_for(lambda: app.calls == 1)
     status = request(cache, unique(1), HTTP_X_FORWARDED_FOR="192.0.2.2")[0]
     app.gate.set()

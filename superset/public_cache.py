@@ -29,9 +29,10 @@ Two kinds of anonymous requests, each with its own share:
   once and MAX_WAITING more wait their turn, one more is told busy (429).
 - other: anything else (dashboard-filter values, refused requests...), ever-new bodies included.
   Per worker, at most OTHER_ASKING ask Superset at once and OTHER_WAITING wait (briefly) for a
-  turn, OTHER_PER_ADDRESS of them from one client address, and OTHER_PER_MINUTE start a minute
-  (a token bucket: Trino's share); beyond, 429 busy at once. No request waits for an identical
-  one in flight (busy too), and their stale answers are refreshed only within the same bounds.
+  turn, OTHER_PER_ADDRESS of them from one client address, and OTHER_PER_MINUTE answers that may
+  have cost a query (a token bucket, Trino's share: refusals are free); beyond, 429 busy at
+  once. No request waits for an identical one in flight (busy too), and their stale answers are
+  refreshed only within the same bounds.
 
 A request counts as logged in (and passes straight through) only when `is_logged_in` verified
 it (security.py: a signed session or token of an active user); a cookie or header that is merely
@@ -78,6 +79,8 @@ OTHER_WAIT_SECONDS = 5.0
 OTHER_PER_ADDRESS = 2
 OTHER_PER_MINUTE = 20
 OTHER_BURST = 10
+#: Answers that cost no query: the public view's refusal, a limit's 429.
+FREE = ("403 ", "429 ")
 #: Answers the same for every anonymous visitor: the chart's data, its failure, the refusal.
 KEPT = ("200 ", "400 ", "403 ")
 BUSY = (
@@ -188,7 +191,8 @@ class Segment:
 class OtherTurns:
     """Turns to ask Superset for other requests: `asking` at once and `waiting` more (for at most
     OTHER_WAIT_SECONDS; a refresh never waits), at most `per_address` of them from one address, and
-    a token bucket of `per_minute` (burst `burst`) taken when a turn starts. Beyond, no turn."""
+    a token bucket of `per_minute` (burst `burst`): a turn needs a token, and an answer that may
+    have cost a query (any but the public view's refusal and 429) takes it. Beyond, no turn."""
 
     def __init__(self, asking: int, waiting: int, per_address: int, per_minute: float, burst: int) -> None:
         self.asking, self.waiting, self.per_address = asking, waiting, per_address
@@ -222,13 +226,15 @@ class OtherTurns:
                 self._refill()
                 if self.tokens < 1:
                     return False
-            self.tokens -= 1
             self.asking_now += 1
             self.pending[address] = self.pending.get(address, 0) + 1
             return True
 
-    def give_back(self, address: str) -> None:
+    def give_back(self, address: str, status: str) -> None:
         with self.cond:
+            if not status.startswith(FREE):
+                self._refill()
+                self.tokens -= 1
             self.asking_now -= 1
             self._forget(address)
             self.cond.notify()
@@ -330,13 +336,14 @@ class PublicChartCache:
         if not (self.take_turn() if saved else self.others.take(address, OTHER_WAIT_SECONDS)):
             self._land(key, flight)
             return self.answer(None, accept, "busy", start_response)
+        status = "500 "
         try:
             status, headers, answer, entry = self.fetch(key, environ, flight, saved)
         finally:
             if saved:
                 self.asking.release()
             else:
-                self.others.give_back(address)
+                self.others.give_back(address, status)
         if entry is not None:
             return self.answer(entry, accept, "miss", start_response)
         start_response(status, [*headers, ("X-Public-Replay", "miss")])
@@ -375,12 +382,13 @@ class PublicChartCache:
                 self.waiting -= 1
 
     def refresh(self, key: bytes, environ: dict, flight: threading.Lock, saved: bool, address: str) -> None:
+        status = "500 "
         try:
-            self.fetch(key, environ, flight, saved)
+            status = self.fetch(key, environ, flight, saved)[0]
         finally:
             self.refreshers.release()
             if not saved:
-                self.others.give_back(address)
+                self.others.give_back(address, status)
 
     def fetch(
         self, key: bytes, environ: dict, flight: threading.Lock, saved: bool

@@ -410,6 +410,14 @@ def test_other_requests_beyond_the_per_minute_budget_are_told_busy_while_saved_o
     )
 
 
+def test_refused_other_requests_use_none_of_the_per_minute_budget():
+    """The public view's refusal costs no query: only the bounds at once apply to it."""
+    app = App("403 FORBIDDEN")
+    cache = cache_for(app, saved=False)
+    statuses = {request(cache, unique(i))[0] for i in range(3 * public_cache.OTHER_BURST)}
+    assert (statuses, app.calls) == ({"403 FORBIDDEN"}, 3 * public_cache.OTHER_BURST)
+
+
 def test_saved_requests_have_their_own_turns_while_other_turns_are_taken():
     app = App()
     app.gate, app.slow = threading.Event(), b"slow"

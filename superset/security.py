@@ -20,7 +20,9 @@
   client address, login (form and API) per address; the limit strings come from .env.
 - Session cookies get `Secure` whenever the request came over HTTPS (the tunnel sets
   X-Forwarded-Proto), and stay usable over plain http on loopback.
-- Anonymous chart-data answers are replayed for a moment (`public_cache`).
+- Anonymous chart-data answers are replayed for a moment (`public_cache`), with the public charts'
+  saved requests apart from the rest; a request skips the replay only when `LoggedIn` verified
+  its session or token.
 """
 
 from __future__ import annotations
@@ -29,15 +31,20 @@ import functools
 import json
 import logging
 import os
+import threading
+import time
 import uuid
 from typing import Any
 
 import public_queries
+from common.client_address import client_address as shared_client_address
+from common.client_address import rate_limit_key
 from flask import Flask, current_app, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_appbuilder.security.views import AuthView
 from flask_jwt_extended import decode_token
 from flask_login import current_user
+from flask_login.utils import decode_cookie
 from itsdangerous import BadSignature
 from public_cache import PublicChartCache
 from superset.errors import ErrorLevel, SupersetError, SupersetErrorType
@@ -387,23 +394,150 @@ class HttpsAwareSessionInterface(SecureCookieSessionInterface):
         return bool(app.config["SESSION_COOKIE_SECURE"] or (has_request_context() and request.is_secure))
 
 
-def logged_in(app: Flask, environ: dict) -> bool:
-    """Whether a request carries a logged-in session (read from the signed cookie, without Flask)."""
-    cookies = parse_cookie(environ.get("HTTP_COOKIE", ""))
-    if cookies.get(app.config.get("REMEMBER_COOKIE_NAME", "remember_token")):
+def client_address(environ: dict) -> str:
+    """The client as Superset's rate limits count it (`rate_limits.client_key`: the shared rule of
+    common/client_address.py, an IPv6 client by its /64), read before ProxyFix runs (the replay
+    sits outside it)."""
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    return rate_limit_key(shared_client_address([forwarded] if forwarded else [], environ.get("REMOTE_ADDR")))
+
+
+class LoggedIn:
+    """Whether a request is a logged-in user's, verified (read without Flask's request, for the
+    replay): a session cookie whose signature verifies and holds a user id, a Flask-Login remember
+    cookie whose digest verifies, or an `Authorization: Bearer` access token that decodes with the
+    app's key, each of a user who exists and is active; or a guest token that verifies (embedded
+    dashboards only). A cookie or header that is merely present counts for nothing: the request is
+    the anonymous visitor's, replayed and bounded like any other."""
+
+    #: Seconds a user's "active" is remembered per worker (a deactivated user's requests pass the
+    #: replay for at most this long, as they would have passed it anyway).
+    ACTIVE_SECONDS = 10.0
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.active: dict[str, tuple[float, bool]] = {}
+
+    def __call__(self, environ: dict) -> bool:
+        config = self.app.config
+        cookies = parse_cookie(environ.get("HTTP_COOKIE", ""))
+        ids = [
+            self.session_user(cookies.get(config["SESSION_COOKIE_NAME"])),
+            decode_cookie(remember, key=config["SECRET_KEY"])
+            if (remember := cookies.get(config.get("REMEMBER_COOKIE_NAME", "remember_token")))
+            else None,
+        ]
+        authorization = str(environ.get("HTTP_AUTHORIZATION", ""))
+        guest = str(environ.get("HTTP_" + config["GUEST_TOKEN_HEADER_NAME"].upper().replace("-", "_"), ""))
+        if not any(ids) and not authorization.strip() and not guest.strip():
+            return False  # nothing to verify: the common case costs no app context
+        with self.app.app_context():
+            ids.append(self.token_user(authorization))
+            return any(self.is_active(str(uid)) for uid in ids if uid) or self.guest_verified(guest)
+
+    def session_user(self, value: str | None) -> Any:
+        serializer = self.app.session_interface.get_signing_serializer(self.app)
+        if not value or serializer is None:
+            return None
+        try:
+            return serializer.loads(value).get("_user_id")
+        except (BadSignature, AttributeError):
+            return None  # Flask starts an empty (anonymous) session for it too
+
+    @staticmethod
+    def token_user(authorization: str) -> Any:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        try:
+            claims = decode_token(token.strip())
+        except Exception:  # noqa: BLE001 - expired, forged, malformed: all mean "nobody"
+            return None
+        return claims.get("sub") if claims.get("type") == "access" else None
+
+    def is_active(self, user_id: str) -> bool:
+        now = time.monotonic()
+        if (known := self.active.get(user_id)) is not None and known[0] > now:
+            return known[1]
+        try:
+            active = self.app.appbuilder.sm.load_user(int(user_id)) is not None
+        except (TypeError, ValueError):
+            active = False
+        if len(self.active) > 10_000:
+            self.active.clear()
+        self.active[user_id] = (now + self.ACTIVE_SECONDS, active)
+        return active
+
+    def guest_verified(self, token: str) -> bool:
+        from superset import is_feature_enabled
+
+        if not token.strip() or not is_feature_enabled("EMBEDDED_SUPERSET"):
+            return False  # Superset reads guest tokens only for embedded dashboards
+        try:
+            self.app.appbuilder.sm.parse_jwt_guest_token(token.strip())
+        except Exception:  # noqa: BLE001 - expired, forged, malformed
+            return False
         return True
-    value = cookies.get(app.config["SESSION_COOKIE_NAME"])
-    serializer = app.session_interface.get_signing_serializer(app)
-    if not value or serializer is None:
-        return False
-    try:
-        return "_user_id" in serializer.loads(value)
-    except BadSignature:
-        return False  # Flask starts an empty (anonymous) session for it too
+
+
+class SavedRequests:
+    """Whether a chart-data body is one of the public charts' saved requests as the dashboard
+    posts them: the chart's saved query context with the dashboard's and the chart's ids in
+    form_data, compared as canonical JSON. Read from the metadata database, again every RELOAD
+    seconds (charts saved anew); the replay keeps their answers and turns apart from the rest."""
+
+    RELOAD = 60.0
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.texts: frozenset[str] | None = None
+        self.loaded_at = 0.0
+        self.loading = threading.Lock()
+
+    def __call__(self, body: bytes) -> bool:
+        try:
+            text = public_queries.canonical(json.loads(body))
+        except ValueError:
+            return False
+        return text in self.current()
+
+    def current(self) -> frozenset[str]:
+        if self.texts is None or time.monotonic() - self.loaded_at > self.RELOAD:
+            # The first load is waited for (a dashboard's first requests are all saved ones);
+            # later reloads run in one request while the others use the set they have.
+            if self.loading.acquire(blocking=self.texts is None):
+                try:
+                    if self.texts is None or time.monotonic() - self.loaded_at > self.RELOAD:
+                        self.texts, self.loaded_at = self.load(), time.monotonic()
+                except Exception:  # noqa: BLE001 - the metadata database away: keep what we had
+                    logger.exception("could not read the public charts' saved requests")
+                    self.loaded_at = time.monotonic()
+                finally:
+                    self.loading.release()
+        return self.texts or frozenset()
+
+    def load(self) -> frozenset[str]:
+        from superset.extensions import db
+        from superset.models.dashboard import Dashboard
+
+        texts = set()
+        with self.app.app_context():
+            public = self.app.config["AUTH_ROLE_PUBLIC"]
+            for dashboard in db.session.query(Dashboard):
+                if not any(role.name == public for role in dashboard.roles):
+                    continue
+                for chart in dashboard.slices:
+                    if not chart.query_context:
+                        continue
+                    context = json.loads(chart.query_context)
+                    context.setdefault("form_data", {}).update(dashboardId=dashboard.id, slice_id=chart.id)
+                    texts.add(public_queries.canonical(context))
+        return frozenset(texts)
 
 
 def mutate_app(app: Flask) -> None:
-    """FLASK_APP_MUTATOR: runs once Superset has configured the app (its middlewares included)."""
+    """FLASK_APP_MUTATOR: runs once Superset has configured the app (its middlewares included, so
+    the replay sits outside ProxyFix and flask-compress)."""
     app.session_interface = HttpsAwareSessionInterface()
     ttl = float(os.environ.get("SUPERSET_PUBLIC_CACHE_SECONDS", "2"))  # .env
-    app.wsgi_app = PublicChartCache(app.wsgi_app, ttl, functools.partial(logged_in, app))
+    app.wsgi_app = PublicChartCache(app.wsgi_app, ttl, LoggedIn(app), SavedRequests(app), client_address)

@@ -74,6 +74,11 @@ BENCHMARKS = {
             rf"load: 3 viewers' chart data, p50 / p95 / max +{NUMBER} ms / {NUMBER} ms / {NUMBER} ms",
             r"load: viewers' answers by status +\S",
             r"load: 2 abusive clients' answers by status +\S",
+            r"load:   filter abusers' answers by status +\S",
+            r"load:   markers abusers' answers by status +\S",
+            rf"load: Trino queries per minute against the baseline's {NUMBER}x \({NUMBER} / {NUMBER}\)$",
+            r"targets: viewers' p95 under 1 s: (met|MISSED); every viewer answered 200: (met|MISSED); "
+            r"Trino queries at most twice the baseline: (met|MISSED)$",
             rf"load: Trino queries from user superset per minute +{NUMBER}$",
             rf"load: Superset CPU \(cores\) / peak RSS +{NUMBER} / {NUMBER} MiB$",
             rf"load: Trino CPU \(cores\) / peak RSS +{NUMBER} / {NUMBER} MiB$",

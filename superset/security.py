@@ -37,8 +37,6 @@ import uuid
 from typing import Any
 
 import public_queries
-from common.client_address import client_address as shared_client_address
-from common.client_address import rate_limit_key
 from flask import Flask, current_app, g, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_appbuilder.security.views import AuthView
@@ -51,6 +49,8 @@ from superset.errors import ErrorLevel, SupersetError, SupersetErrorType
 from superset.exceptions import SupersetSecurityException
 from werkzeug.http import parse_cookie
 
+from common.client_address import client_address as shared_client_address
+from common.client_address import rate_limit_key
 from superset.security import SupersetSecurityManager
 
 logger = logging.getLogger(__name__)

@@ -52,9 +52,9 @@ from benchmarks.report import report
 from benchmarks.serving import pct
 from native.context import Context
 from native.stack import Supervisor
-from tests.e2e.pipeline_waits import SERVICE_NAMES, marts_exist, wait_for_marts
-from tests.e2e.superset_api import SupersetClient, dashboard_request
 from tests.support.ephemeral import EphemeralStack
+from tests.support.pipeline_waits import SERVICE_NAMES, marts_exist, wait_for_marts
+from tests.support.superset_api import SupersetClient, dashboard_request
 
 SERVICES = [*SERVICE_NAMES, "kafka_producer"]
 #: Chart-data requests wait at most this long (a browser gives up too).

@@ -33,10 +33,10 @@ from benchmarks.report import report
 from common.settings import Settings
 from native.context import Context
 from native.stack import Supervisor
-from tests.e2e.events import event, produce
-from tests.e2e.pipeline_waits import marts_exist, wait_for, wait_for_marts
-from tests.e2e.superset_api import SupersetClient
 from tests.support.ephemeral import EphemeralStack
+from tests.support.known_events import event, produce
+from tests.support.pipeline_waits import marts_exist, wait_for, wait_for_marts
+from tests.support.superset_api import SupersetClient
 
 TIMELINE = "Real-time event timeline (events per minute)"
 
@@ -138,7 +138,7 @@ class Bench:
     def click_to_dashboard(self, rounds: int) -> None:
         from selenium.webdriver.common.by import By
 
-        from tests.e2e.browser import chromium
+        from tests.support.browser import chromium
 
         samples = []
         with chromium() as driver:

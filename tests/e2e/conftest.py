@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import pytest
 
 from native.context import Context
-from tests.e2e.events import KnownEvents, plan, produce
-from tests.e2e.pipeline_waits import SERVICE_NAMES, marts_match_streaming, query, wait_for, wait_for_marts
-from tests.e2e.superset_api import SupersetClient
 from tests.support.ephemeral import EphemeralStack
+from tests.support.known_events import KnownEvents, plan, produce
+from tests.support.pipeline_waits import SERVICE_NAMES, marts_match_streaming, query, wait_for, wait_for_marts
+from tests.support.superset_api import SupersetClient
 
 
 @pytest.fixture(scope="package")

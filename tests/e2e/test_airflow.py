@@ -12,8 +12,8 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.e2e.events import event, produce
-from tests.e2e.pipeline_waits import query, wait_for
+from tests.support.known_events import event, produce
+from tests.support.pipeline_waits import query, wait_for
 
 DAG = "analytics_dbt_build"
 

@@ -16,9 +16,9 @@ import pytest
 
 from native.context import Context
 from native.services.superset import SupersetService
-from tests.e2e.browser import chromium, login, render_dashboard
-from tests.e2e.superset_api import DASHBOARD_SLUG, SupersetClient
+from tests.support.browser import chromium, login, render_dashboard
 from tests.support.ephemeral import ARTIFACTS, ROOT
+from tests.support.superset_api import DASHBOARD_SLUG, SupersetClient
 
 TOP_USERS = "Top users by total activity"
 EVENT_TYPES = "Event type distribution"

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.events import event, produce
-from tests.e2e.pipeline_waits import wait_for
 from tests.e2e.test_dashboard import FRESHNESS, LAG
+from tests.support.known_events import event, produce
+from tests.support.pipeline_waits import wait_for
 
 EVENTS = 500
 

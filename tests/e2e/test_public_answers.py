@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from native.context import Context
-from tests.e2e.superset_api import SupersetClient, dashboard_request
+from tests.support.superset_api import SupersetClient, dashboard_request
 
 TOP_USERS = "Top users by total activity"
 TIMELINE = "Real-time event timeline (events per minute)"

@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.superset_api import SupersetClient, dashboard_request
+from tests.support.superset_api import SupersetClient, dashboard_request
 
 TIMELINE = "Real-time event timeline (events per minute)"
 #: A valid dashboard filter on the timeline: IN on the event_type filter's column.

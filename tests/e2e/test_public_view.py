@@ -26,8 +26,8 @@ import pytest
 import trino
 from native.context import Context
 from native.stack import Supervisor
-from tests.e2e.browser import chromium, login
-from tests.e2e.superset_api import SupersetClient, dashboard_request, filter_values_request
+from tests.support.browser import chromium, login
+from tests.support.superset_api import SupersetClient, dashboard_request, filter_values_request
 
 TOP_USERS = "Top users by total activity"
 TIMELINE = "Real-time event timeline (events per minute)"
@@ -424,7 +424,7 @@ def test_admin_runs_sql_in_sql_lab(superset):
 def test_admin_opens_sql_lab_and_the_chart_editor_in_the_browser(env, base, charts):
     from selenium.webdriver.common.by import By
 
-    from tests.e2e.browser import wait_for
+    from tests.support.browser import wait_for
 
     found = {}
     with chromium() as driver:

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from tests.e2e.browser import chromium
-from tests.e2e.pipeline_waits import query, wait_for
+from tests.support.browser import chromium
 from tests.support.ephemeral import ARTIFACTS
+from tests.support.pipeline_waits import query, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from collections import Counter
 import pytest
 
 import trino
-from tests.e2e.events import event, produce
-from tests.e2e.pipeline_waits import query
 from tests.support.ephemeral import ROOT
+from tests.support.known_events import event, produce
+from tests.support.pipeline_waits import query
 
 
 def connect(env: dict[str, str]):

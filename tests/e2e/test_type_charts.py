@@ -19,9 +19,9 @@ from collections.abc import Mapping
 
 import pytest
 
-from tests.e2e.events import event, produce
-from tests.e2e.pipeline_waits import query, wait_for, wait_for_marts
-from tests.e2e.superset_api import SupersetClient, dashboard_request, filter_values_request
+from tests.support.known_events import event, produce
+from tests.support.pipeline_waits import query, wait_for, wait_for_marts
+from tests.support.superset_api import SupersetClient, dashboard_request, filter_values_request
 
 EVENT_TYPES = "Event type distribution"
 TIMELINE = "Real-time event timeline (events per minute)"

@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from common.contract import (
     DEFAULT_MAX_FUTURE_SKEW,
@@ -31,9 +31,12 @@ from common.contract import (
     decode_profile,
 )
 
+if TYPE_CHECKING:
+    from common.settings import Settings
+
 log = logging.getLogger(__name__)
 
-TopicPartition = tuple[str, int]
+PartitionKey = tuple[str, int]
 #: What the dedup window remembers of an event: (user_id, event_id as its 128-bit int: hashed in C,
 #: where a uuid.UUID hashes in Python). Another user's event with the same id is another event (one
 #: visitor must not suppress another's events by reusing their ids).
@@ -210,7 +213,7 @@ class Batch:
         self.sessions: dict[tuple[uuid.UUID, int], SessionRow] = {}
         self.users: dict[int, UserProfile] = {}
         self.dead_letters: list[DeadLetter] = []
-        self.next_offsets: dict[TopicPartition, int] = {}
+        self.next_offsets: dict[PartitionKey, int] = {}
         self.messages: list[KafkaMessage] = []
         self.events = 0
         # CONSUMER_DEDUP_WINDOW_SECONDS: a user's event_id is counted once within this many seconds
@@ -227,6 +230,17 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.messages)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Batch:
+        """An empty batch with the consumer's bounds and event-id window, as .env sets them."""
+        return cls(
+            settings.kafka_topic,
+            settings.kafka_profiles_topic,
+            settings.consumer_max_event_bytes,
+            dt.timedelta(seconds=settings.consumer_max_future_skew),
+            dedup_window=settings.consumer_dedup_window_seconds,
+        )
 
     def _empty_like(self) -> Batch:
         return Batch(

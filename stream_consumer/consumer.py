@@ -7,7 +7,6 @@ afterwards for lag monitoring only and are never read back.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import signal
 import time
@@ -19,11 +18,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from common.metrics import MetricsServer
 from common.settings import Settings
-from stream_consumer.batch import Batch, KafkaMessage
-from stream_consumer.batch import TopicPartition as PartitionKey
+from stream_consumer.batch import Batch, KafkaMessage, PartitionKey
 from stream_consumer.metrics import ConsumerMetrics
-from stream_consumer.store import Fenced, Store
-from stream_consumer.writer import Health, Landed, Writer, first_line
+from stream_consumer.store import Fenced, Store, first_line, purge_dead_letters
+from stream_consumer.writer import Health, Landed, Writer
 
 log = logging.getLogger("stream_consumer")
 
@@ -127,14 +125,7 @@ class StreamConsumer:
         self._last_kafka_error = ""
 
     def _new_batch(self) -> Batch:
-        s = self.settings
-        return Batch(
-            s.kafka_topic,
-            s.kafka_profiles_topic,
-            s.consumer_max_event_bytes,
-            dt.timedelta(seconds=s.consumer_max_future_skew),
-            dedup_window=s.consumer_dedup_window_seconds,
-        )
+        return Batch.for_settings(self.settings)
 
     def _postgres(self, action):
         """`action()` on this thread (after `_settle()`), through outages; None if stopped meanwhile."""
@@ -463,13 +454,11 @@ class StreamConsumer:
 
     def _purge_dead_letters(self) -> None:
         """DEAD_LETTER_RETENTION_DAYS: deletes older dead letters, a bounded chunk per transaction."""
-        from stream_consumer.dead_letters import purge
-
         days = self.settings.dead_letter_retention_days
         self._purge(
             "dead-letter retention",
             "an hour",
-            lambda: purge(self.settings.consumer_dsn(), days),
+            lambda: purge_dead_letters(self.settings.consumer_dsn(), days),
             f"deleted %d dead letters older than {days} days",
         )
 

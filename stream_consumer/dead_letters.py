@@ -16,10 +16,8 @@ import psycopg
 
 from common.settings import Settings
 from stream_consumer.batch import Batch, Record
-from stream_consumer.store import write_aggregates
-from stream_consumer.writer import first_line, is_data_error
+from stream_consumer.store import first_line, is_data_error, purge_dead_letters, write_aggregates
 
-PURGE_CHUNK = 10_000
 REPLAY_CHUNK = 500
 
 
@@ -113,21 +111,9 @@ def show(settings: Settings, id_: int, out=sys.stdout) -> int:
 
 
 def purge(dsn: str, older_than_days: int, sel: Selection | None = None) -> int:
-    """Deletes dead letters received more than `older_than_days` ago, a chunk per transaction."""
+    """Deletes the selected dead letters received more than `older_than_days` ago."""
     where, params = (sel or Selection()).where()
-    deleted = 0
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while True:
-            n = conn.execute(
-                f"""DELETE FROM streaming.dead_letter_events WHERE id IN (
-                        SELECT id FROM streaming.dead_letter_events
-                        WHERE received_at < clock_timestamp() - make_interval(days => %(days)s) AND {where}
-                        LIMIT %(chunk)s)""",
-                {**params, "days": older_than_days, "chunk": PURGE_CHUNK},
-            ).rowcount
-            deleted += n
-            if n < PURGE_CHUNK:
-                return deleted
+    return purge_dead_letters(dsn, older_than_days, where, params)
 
 
 @dataclass
@@ -184,13 +170,7 @@ def replay(settings: Settings, sel: Selection, out=sys.stdout) -> int:
 
 
 def _replay_rows(conn: psycopg.Connection, settings: Settings, rows: list[tuple], result: ReplayResult) -> None:
-    batch = Batch(
-        settings.kafka_topic,
-        settings.kafka_profiles_topic,
-        settings.consumer_max_event_bytes,
-        dt.timedelta(seconds=settings.consumer_max_future_skew),
-        dedup_window=settings.consumer_dedup_window_seconds,
-    )
+    batch = Batch.for_settings(settings)
     ids = {}
     messages = []
     counts = ReplayResult()

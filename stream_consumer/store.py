@@ -8,9 +8,27 @@ import logging
 import psycopg
 from psycopg import sql
 
-from stream_consumer.batch import Batch, EventKey, TopicPartition
+from stream_consumer.batch import Batch, EventKey, PartitionKey
 
 log = logging.getLogger(__name__)
+
+#: dead letters deleted per transaction by the retention and `dead-letters purge`
+PURGE_CHUNK = 10_000
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """True when Postgres refused a value (class 22 or 23), not the connection or the schema."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    if exc.sqlstate:
+        return exc.sqlstate[:2] in ("22", "23")
+    # Raised before the server saw anything: a value psycopg could not convert.
+    return isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Fenced(Exception):
@@ -191,8 +209,8 @@ class Store:
             self.conn = None
 
     def load_offsets(
-        self, partitions: list[TopicPartition], new_start: dict[TopicPartition, int] | None = None
-    ) -> dict[TopicPartition, int]:
+        self, partitions: list[PartitionKey], new_start: dict[PartitionKey, int] | None = None
+    ) -> dict[PartitionKey, int]:
         """The stored next offset of each partition. A partition this group never read gets a row
         starting at `new_start` (the start of its log; 0 if not given)."""
         new_start = new_start or {}
@@ -218,7 +236,7 @@ class Store:
         return {(t, p): off for t, p, off in rows}
 
     def commit(
-        self, batch: Batch, start_offsets: dict[TopicPartition, int], end_offsets: dict[TopicPartition, int]
+        self, batch: Batch, start_offsets: dict[PartitionKey, int], end_offsets: dict[PartitionKey, int]
     ) -> Batch:
         """Writes the batch and advances its partitions' offsets from `start_offsets` to the batch's
         next offsets, in one transaction, or raises Fenced. `end_offsets` (the partitions' high
@@ -242,7 +260,7 @@ class Store:
                 raise Fenced(f"{len(keys) - cur.rowcount} of {len(keys)} partitions moved on since this batch began")
             return write_aggregates(cur, batch, self.window)
 
-    def reset(self, start_offsets: dict[TopicPartition, int]) -> None:
+    def reset(self, start_offsets: dict[PartitionKey, int]) -> None:
         """Empties every aggregate and moves this group's offsets to `start_offsets` (the start of
         each partition's log), in one transaction.
 
@@ -253,13 +271,13 @@ class Store:
             conn.execute("DELETE FROM streaming.consumer_offsets WHERE consumer_group = %s", (self.group,))
             self._insert_offsets(conn, start_offsets)
 
-    def set_offsets(self, offsets: dict[TopicPartition, int]) -> None:
+    def set_offsets(self, offsets: dict[PartitionKey, int]) -> None:
         """Moves these partitions' stored offsets (`offsets reset`), aggregates untouched."""
         conn = self.connection()
         with conn.transaction():
             self._insert_offsets(conn, offsets)
 
-    def _insert_offsets(self, conn: psycopg.Connection, offsets: dict[TopicPartition, int]) -> None:
+    def _insert_offsets(self, conn: psycopg.Connection, offsets: dict[PartitionKey, int]) -> None:
         conn.execute(
             """INSERT INTO streaming.consumer_offsets (consumer_group, topic, "partition", next_offset)
                SELECT %s, t, p, o FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS v(t, p, o)
@@ -268,7 +286,7 @@ class Store:
             (self.group, [t for t, _ in offsets], [p for _, p in offsets], list(offsets.values())),
         )
 
-    def stored_offsets(self) -> dict[TopicPartition, int]:
+    def stored_offsets(self) -> dict[PartitionKey, int]:
         conn = self.connection()
         with conn.transaction():
             rows = conn.execute(
@@ -373,3 +391,22 @@ def rotate_event_ids(dsn: str, window_seconds: float) -> int:
             conn.execute(sql.SQL("TRUNCATE streaming.{}").format(old))
             conn.execute("UPDATE streaming.event_id_generation SET slot = 1 - slot, started_at = clock_timestamp()")
         return int(forgotten)
+
+
+def purge_dead_letters(dsn: str, older_than_days: int, where: str = "TRUE", params: dict | None = None) -> int:
+    """Deletes dead letters received more than `older_than_days` ago (and matching `where`, a
+    condition with named parameters), a chunk per transaction: DEAD_LETTER_RETENTION_DAYS and the
+    operator's `dead-letters purge`. Returns how many went."""
+    deleted = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            n = conn.execute(
+                f"""DELETE FROM streaming.dead_letter_events WHERE id IN (
+                        SELECT id FROM streaming.dead_letter_events
+                        WHERE received_at < clock_timestamp() - make_interval(days => %(days)s) AND {where}
+                        LIMIT %(chunk)s)""",
+                {**(params or {}), "days": older_than_days, "chunk": PURGE_CHUNK},
+            ).rowcount
+            deleted += n
+            if n < PURGE_CHUNK:
+                return deleted

@@ -24,29 +24,14 @@ from typing import TypeVar
 
 import psycopg
 
-from stream_consumer.batch import Batch, DeadLetter, TopicPartition
-from stream_consumer.store import Fenced, Store
+from stream_consumer.batch import Batch, DeadLetter, PartitionKey
+from stream_consumer.store import Fenced, Store, first_line, is_data_error
 
 log = logging.getLogger("stream_consumer")
 
 T = TypeVar("T")
 STALL_LOG_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 5.0
-
-
-def is_data_error(exc: BaseException) -> bool:
-    """True when Postgres refused a value (class 22 or 23), not the connection or the schema."""
-    if not isinstance(exc, psycopg.Error):
-        return False
-    if exc.sqlstate:
-        return exc.sqlstate[:2] in ("22", "23")
-    # Raised before the server saw anything: a value psycopg could not convert.
-    return isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass
@@ -56,7 +41,7 @@ class Health:
     stalled_since: float | None = None  # time.monotonic() when the current failure began
     error: str = ""
     #: partition -> why the consumer refuses to read it (its stored offset is outside the log)
-    refused: dict[TopicPartition, str] = field(default_factory=dict)
+    refused: dict[PartitionKey, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -112,7 +97,7 @@ class Writer:
         self.stopping = stopping
 
     def commit(
-        self, batch: Batch, start_offsets: dict[TopicPartition, int], end_offsets: dict[TopicPartition, int]
+        self, batch: Batch, start_offsets: dict[PartitionKey, int], end_offsets: dict[PartitionKey, int]
     ) -> Landed | None:
         """Commits `batch` (split as needed) or raises Fenced; None if stopped during an outage."""
         landed = Landed()

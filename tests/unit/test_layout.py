@@ -30,3 +30,29 @@ def test_no_benchmark_imports_a_test_tier(path):
 @pytest.mark.parametrize("path", sorted((REPO_ROOT / "tests" / "support").glob("*.py")), ids=lambda p: p.name)
 def test_shared_support_imports_no_test_tier(path):
     assert sorted(m for m in imported_modules(path) if m.startswith(TIERS)) == []
+
+
+#: stream_consumer's layers, lowest first: the core (a batch, its store, the writer thread, the
+#: running consumer), then the commands an operator runs on top of it
+CONSUMER_LAYERS = {
+    "batch": 0,
+    "metrics": 0,
+    "store": 1,
+    "writer": 2,
+    "consumer": 3,
+    "offsets": 4,
+    "dead_letters": 4,
+    "__main__": 5,
+}
+
+
+@pytest.mark.parametrize("module", sorted(CONSUMER_LAYERS))
+def test_stream_consumer_modules_import_only_the_layers_below_them(module):
+    """Lazy imports inside functions count too: a command may use the consumer, never the reverse."""
+    path = REPO_ROOT / "stream_consumer" / f"{module}.py"
+    ours = {m.removeprefix("stream_consumer.") for m in imported_modules(path) if m.startswith("stream_consumer.")}
+    assert sorted(m for m in ours if CONSUMER_LAYERS[m] >= CONSUMER_LAYERS[module]) == []
+
+
+def test_every_stream_consumer_module_has_a_layer():
+    assert {p.stem for p in (REPO_ROOT / "stream_consumer").glob("*.py")} - {"__init__"} == set(CONSUMER_LAYERS)

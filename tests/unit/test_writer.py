@@ -10,7 +10,8 @@ import pytest
 
 from common.contract import Reason
 from stream_consumer.batch import Batch, Record
-from stream_consumer.writer import Health, Writer, is_data_error
+from stream_consumer.store import is_data_error
+from stream_consumer.writer import Health, Writer
 
 APPENDED = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
 

@@ -56,6 +56,24 @@ class Produced:
     after: dict[str, list[dict]]
 
 
+@pytest.fixture(scope="package")
+def base(env) -> str:
+    """Superset's address."""
+    return f"http://127.0.0.1:{env['SUPERSET_PORT']}"
+
+
+@pytest.fixture(scope="module")
+def dashboard(superset) -> dict:
+    """The public dashboard, as the admin's API lists it."""
+    return superset.dashboard()
+
+
+@pytest.fixture(scope="module")
+def charts(superset) -> dict[str, dict]:
+    """The dashboard's charts by name (a module that needs them after its events overrides this)."""
+    return superset.charts()
+
+
 def chart_snapshot(superset: SupersetClient) -> dict[str, list[dict]]:
     return {title: superset.chart_data(chart) for title, chart in superset.charts().items()}
 

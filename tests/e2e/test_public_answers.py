@@ -36,21 +36,6 @@ class Visitor(SupersetClient):
         return super().request(method, path, body, expect, {"X-Forwarded-For": next(_addresses), **(headers or {})})
 
 
-@pytest.fixture(scope="module")
-def base(env) -> str:
-    return f"http://127.0.0.1:{env['SUPERSET_PORT']}"
-
-
-@pytest.fixture(scope="module")
-def dashboard(superset) -> dict:
-    return superset.dashboard()
-
-
-@pytest.fixture(scope="module")
-def charts(superset) -> dict[str, dict]:
-    return superset.charts()
-
-
 def chart_data(client: SupersetClient, body: dict) -> tuple[int, object]:
     return client.request("POST", "/api/v1/chart/data", body, expect=None)
 

@@ -61,16 +61,6 @@ def post(
 
 
 @pytest.fixture(scope="module")
-def base(env) -> str:
-    return f"http://127.0.0.1:{env['SUPERSET_PORT']}"
-
-
-@pytest.fixture(scope="module")
-def dashboard(superset) -> dict:
-    return superset.dashboard()
-
-
-@pytest.fixture(scope="module")
 def charts(superset, produced) -> dict[str, dict]:
     """The dashboard's charts, once the marts they read exist (and hold the known events)."""
     return superset.charts()

@@ -59,21 +59,6 @@ class Visitor(SupersetClient):
         return super().request(method, path, body, expect, {"X-Forwarded-For": self.address, **(headers or {})})
 
 
-@pytest.fixture(scope="module")
-def base(env) -> str:
-    return f"http://127.0.0.1:{env['SUPERSET_PORT']}"
-
-
-@pytest.fixture(scope="module")
-def dashboard(superset) -> dict:
-    return superset.dashboard()
-
-
-@pytest.fixture(scope="module")
-def charts(superset) -> dict[str, dict]:
-    return superset.charts()
-
-
 @pytest.fixture
 def visitor(base) -> Visitor:
     return Visitor(base)

@@ -88,11 +88,6 @@ def new_types(stack, env) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def charts(superset) -> dict[str, dict]:
-    return superset.charts()
-
-
-@pytest.fixture(scope="module")
 def anonymous(env) -> SupersetClient:
     return SupersetClient(f"http://127.0.0.1:{env['SUPERSET_PORT']}")
 

@@ -22,8 +22,10 @@ encodes each answer for the client at hand (zstd, br or gzip, as offered with th
 each encoding made once per answer): no client gets an encoding it did not offer.
 
 Two kinds of anonymous requests, each with its own share:
-- saved: the body is one of the public charts' saved requests as the dashboard posts them
-  (`is_saved`, from the metadata database). Their answers live in a segment of their own
+- saved: the body asks one of the public charts' saved queries, as a dashboard in any browser
+  posts it (`is_saved`, security.SavedRequests: judged by the public view's rules against the
+  chart's saved query context, whatever it carries that Superset does not read), and is keyed by
+  that chart, so that every variant shares one answer. Their answers live in a segment of their own
   (SAVED_BYTES), so ever-new bodies only evict each other. Without an answer yet, identical
   requests wait for the one in flight; at most MAX_ASKING ask Superset from request threads at
   once and MAX_WAITING more wait their turn, one more is told busy (429).
@@ -257,7 +259,7 @@ class PublicChartCache:
         wsgi_app: Callable,
         ttl: float,
         is_logged_in: Callable[[dict], bool],
-        is_saved: Callable[[bytes], bool] = lambda body: False,
+        is_saved: Callable[[bytes], str | None] = lambda body: None,
         address: Callable[[dict], str] = peer_address,
     ) -> None:
         self.wsgi_app, self.ttl, self.is_logged_in, self.is_saved, self.address = (
@@ -312,7 +314,16 @@ class PublicChartCache:
         body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
         accept = str(environ.pop("HTTP_ACCEPT_ENCODING", ""))  # Superset answers identity
         environ["wsgi.input"] = io.BytesIO(body)
-        key = hashlib.sha256(environ.get("QUERY_STRING", "").encode() + b"\0" + body).digest()
+        # A saved request is keyed by what it asks (every variant of it gets one answer), and only
+        # as JSON: Superset refuses another content type, and that refusal must not become the
+        # saved answer. Anything else is keyed by its bytes.
+        json_body = str(environ.get("CONTENT_TYPE", "")).split(";")[0].strip().lower() == "application/json"
+        saved_as = self.is_saved(body) if json_body else None
+        saved = saved_as is not None
+        if saved_as is not None:
+            key = hashlib.sha256(b"saved\0" + saved_as.encode()).digest()
+        else:
+            key = hashlib.sha256(environ.get("QUERY_STRING", "").encode() + b"\0" + body).digest()
         found = self.lookup(key)
         if found and found[0]:
             return self.answer(found[1], accept, "hit", start_response)
@@ -321,7 +332,6 @@ class PublicChartCache:
             # no request thread waits for Trino while answers are at hand.
             self.refresh_beside(key, environ, body, found[1].saved)
             return self.answer(found[1], accept, "stale", start_response)
-        saved = self.is_saved(body)
         with self.lock:
             flight = self.in_flight.setdefault(key, threading.Lock())
         if saved:

@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -481,58 +482,92 @@ class LoggedIn:
 
 
 class SavedRequests:
-    """Whether a chart-data body is one of the public charts' saved requests as the dashboard
-    posts them: the chart's saved query context with the dashboard's and the chart's ids in
-    form_data, compared as canonical JSON. Read from the metadata database, again every RELOAD
-    seconds (charts saved anew); the replay keeps their answers and turns apart from the rest."""
+    """Which public chart's saved request a chart-data body is, by meaning, not by its bytes: a body
+    naming a public dashboard and one of its charts (form_data's dashboardId and slice_id) that the
+    public view's rules accept against the chart's saved query context with nothing variable used
+    (no dashboard-filter clause, the saved row limit), whatever else it carries that Superset does
+    not read (a browser's own form_data keys, url_params). Such a body gets the saved query's answer,
+    so the replay keys it by the chart (`saved:<dashboard>:<chart>`): every variant shares one
+    answer. Anything else is None (an other request). Saved contexts are read from the metadata
+    database, again every RELOAD seconds (charts saved anew); bodies seen are remembered."""
 
     RELOAD = 60.0
+    #: bodies remembered with what they are (their digest), per worker
+    KNOWN = 4096
 
     def __init__(self, app: Flask) -> None:
         self.app = app
-        self.texts: frozenset[str] | None = None
+        self.saved: dict[tuple[int, int], dict[str, Any]] | None = None
         self.loaded_at = 0.0
         self.loading = threading.Lock()
+        self.lock = threading.Lock()
+        self.known: dict[bytes, str | None] = {}
 
-    def __call__(self, body: bytes) -> bool:
+    def __call__(self, body: bytes) -> str | None:
+        saved = self.current()
+        digest = hashlib.sha256(body).digest()
+        with self.lock:
+            if digest in self.known:
+                return self.known[digest]
+        found = self.classify(body, saved)
+        with self.lock:
+            if len(self.known) >= self.KNOWN:
+                self.known.clear()
+            self.known[digest] = found
+        return found
+
+    @staticmethod
+    def classify(body: bytes, saved: dict[tuple[int, int], dict[str, Any]]) -> str | None:
         try:
-            text = public_queries.canonical(json.loads(body))
+            data = json.loads(body)
         except ValueError:
-            return False
-        return text in self.current()
+            return None
+        form_data = data.get("form_data") if isinstance(data, dict) else None
+        if not isinstance(form_data, dict):
+            return None
+        dashboard_id, chart_id = form_data.get("dashboardId"), form_data.get("slice_id")
+        if type(dashboard_id) is not int or type(chart_id) is not int:  # noqa: E721 - bool is no id
+            return None
+        context = saved.get((dashboard_id, chart_id))
+        if context is None or public_queries.refuse_chart_request(data, context, (), query_fields()) is not None:
+            return None
+        limits = zip(data["queries"], context["queries"])
+        if any(asked.get("row_limit") != kept.get("row_limit") for asked, kept in limits):
+            return None  # a lower row limit: allowed, but a request of its own
+        return f"saved:{dashboard_id}:{chart_id}"
 
-    def current(self) -> frozenset[str]:
-        if self.texts is None or time.monotonic() - self.loaded_at > self.RELOAD:
+    def current(self) -> dict[tuple[int, int], dict[str, Any]]:
+        if self.saved is None or time.monotonic() - self.loaded_at > self.RELOAD:
             # The first load is waited for (a dashboard's first requests are all saved ones);
-            # later reloads run in one request while the others use the set they have.
-            if self.loading.acquire(blocking=self.texts is None):
+            # later reloads run in one request while the others use what they have.
+            if self.loading.acquire(blocking=self.saved is None):
                 try:
-                    if self.texts is None or time.monotonic() - self.loaded_at > self.RELOAD:
-                        self.texts, self.loaded_at = self.load(), time.monotonic()
+                    if self.saved is None or time.monotonic() - self.loaded_at > self.RELOAD:
+                        saved = self.load()
+                        with self.lock:
+                            self.saved, self.known = saved, {}
+                        self.loaded_at = time.monotonic()
                 except Exception:  # noqa: BLE001 - the metadata database away: keep what we had
                     logger.exception("could not read the public charts' saved requests")
                     self.loaded_at = time.monotonic()
                 finally:
                     self.loading.release()
-        return self.texts or frozenset()
+        return self.saved or {}
 
-    def load(self) -> frozenset[str]:
+    def load(self) -> dict[tuple[int, int], dict[str, Any]]:
         from superset.extensions import db
         from superset.models.dashboard import Dashboard
 
-        texts = set()
+        saved = {}
         with self.app.app_context():
             public = self.app.config["AUTH_ROLE_PUBLIC"]
             for dashboard in db.session.query(Dashboard):
                 if not any(role.name == public for role in dashboard.roles):
                     continue
                 for chart in dashboard.slices:
-                    if not chart.query_context:
-                        continue
-                    context = json.loads(chart.query_context)
-                    context.setdefault("form_data", {}).update(dashboardId=dashboard.id, slice_id=chart.id)
-                    texts.add(public_queries.canonical(context))
-        return frozenset(texts)
+                    if chart.query_context:
+                        saved[(dashboard.id, chart.id)] = json.loads(chart.query_context)
+        return saved
 
 
 def mutate_app(app: Flask) -> None:

@@ -112,6 +112,16 @@ MARKERS = {
 }
 
 
+def test_a_saved_request_with_keys_superset_does_not_read_shares_the_saved_answer(base, saved):
+    """As a browser posts it (its own form_data keys, url_params): the same chart, the same answer."""
+    first = post(base, saved[2])
+    variant = json.loads(saved[2])
+    variant["form_data"]["label_colors"] = {"view": "#123456"}
+    variant["queries"][0]["url_params"] = {"preselect": "x"}
+    status, headers, _ = post(base, json.dumps(variant).encode())
+    assert (first[0], status, headers["X-Public-Replay"]) in {(200, 200, "hit"), (200, 200, "stale")}
+
+
 @pytest.mark.parametrize("marker", sorted(MARKERS))
 def test_a_cookie_or_header_merely_present_is_answered_from_the_replay(marker, base, saved):
     post(base, saved[1])

@@ -63,13 +63,13 @@ OTHER_BYTES = 16 * 1024 * 1024
 MAX_STALE = 30.0
 #: Background refreshes at once per worker (beyond, a stale answer waits for the next request).
 MAX_REFRESHERS = 4
-#: Saved requests per worker asking Superset from a request thread at once, and waiting to:
-#: gunicorn runs 8 threads; with the other requests' (OTHER_*) at least one stays free for
-#: answers from here whatever clients send, most of them while only other requests flood. A
+#: Saved requests per worker asking Superset from a request thread at once, and waiting to: a
 #: dashboard's first load after a quiet spell asks for its 8 charts at once (6 at a time from a
-#: browser) and waits its turn.
+#: browser, any number of them on one worker) and each waits its turn. Only cold loads and misses
+#: take turns: every variant of a saved request shares its chart's answer (no client can make a
+#: saved miss at will), so abusers cannot hold these; other requests (OTHER_*) are bounded apart.
 MAX_ASKING = 1
-MAX_WAITING = 2
+MAX_WAITING = 5
 #: Longest a request waits for its turn to ask Superset before it is told busy.
 WAIT_SECONDS = 30.0
 #: Other anonymous requests per worker asking Superset at once, waiting to (at most this long), from

@@ -18,7 +18,7 @@ from native.context import Context
 from native.services.superset import SupersetService
 from tests.support.browser import chromium, login, render_dashboard
 from tests.support.ephemeral import ARTIFACTS, ROOT
-from tests.support.superset_api import DASHBOARD_SLUG, SupersetClient
+from tests.support.superset_api import DASHBOARD_SLUG, SupersetClient, series_totals
 
 TOP_USERS = "Top users by total activity"
 EVENT_TYPES = "Event type distribution"
@@ -53,16 +53,6 @@ def produced_of_named_types(known: Counter, after: Counter) -> Counter:
     """The test's events of each type the chart names after them (each other type is in Other)."""
     assert set(known) <= set(after) or OTHER in after
     return Counter({t: n for t, n in known.items() if t in after})
-
-
-def timeline_totals(rows: list[dict]) -> Counter:
-    """The timeline's rows are pivoted: one per minute, one column per event type."""
-    out = Counter()
-    for row in rows:
-        for column, value in row.items():
-            if column != "minute" and value is not None:
-                out[column] += int(value)
-    return out
 
 
 def test_dashboard_has_the_reference_charts_and_refreshes_itself(superset):
@@ -114,7 +104,7 @@ def test_engagement_chart_shows_each_test_users_sessions(superset, produced):
 
 
 def test_timeline_grew_by_the_events_produced_of_each_type(produced):
-    before, after = timeline_totals(produced.before[TIMELINE]), timeline_totals(produced.after[TIMELINE])
+    before, after = series_totals(produced.before[TIMELINE]), series_totals(produced.after[TIMELINE])
     assert grew_by_named_type(before, after) == produced_of_named_types(produced.known.by_type, after)
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.known_events import event, produce
 from tests.support.pipeline_waits import query, wait_for, wait_for_marts
-from tests.support.superset_api import SupersetClient, dashboard_request, filter_values_request
+from tests.support.superset_api import SupersetClient, dashboard_request, filter_values_request, series_totals
 
 EVENT_TYPES = "Event type distribution"
 TIMELINE = "Real-time event timeline (events per minute)"
@@ -46,16 +46,6 @@ def bounded(counts: Mapping[str, int]) -> Counter:
     out = Counter(dict(ranked[:TOP]))
     if len(ranked) > TOP:
         out[OTHER] = sum(n for _, n in ranked[TOP:])
-    return out
-
-
-def series_totals(rows: list[dict]) -> Counter:
-    """The timeline's rows are pivoted: one per minute, one column per series."""
-    out = Counter()
-    for row in rows:
-        for column, value in row.items():
-            if column != "minute" and value is not None:
-                out[column] += int(value)
     return out
 
 

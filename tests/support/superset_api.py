@@ -8,6 +8,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 
 DASHBOARD_SLUG = "realtime-behavioral-analytics"
 
@@ -162,3 +163,13 @@ def _rison(value) -> str:
     if isinstance(value, int | float):
         return str(value)
     return "'" + str(value).replace("!", "!!").replace("'", "!'") + "'"
+
+
+def series_totals(rows: list[dict]) -> Counter:
+    """A timeline chart's rows are pivoted (one per minute, one column per series): each series' sum."""
+    out: Counter = Counter()
+    for row in rows:
+        for column, value in row.items():
+            if column != "minute" and value is not None:
+                out[column] += int(value)
+    return out

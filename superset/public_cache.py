@@ -8,7 +8,9 @@ answer to a byte-identical request body is replayed for SUPERSET_PUBLIC_CACHE_SE
 0 turns this off), at the cost of that much more staleness. Once it is older, it is still the
 answer while a thread of its own asks Superset again (stale-while-revalidate, for at most
 MAX_STALE seconds): measured, a refresh that waits for Trino in a request thread holds one of
-gunicorn's few threads for up to a second, and every visitor queues behind them.
+gunicorn's few threads for up to a second, and every visitor queues behind them. Only the chart's
+data is replayed stale: an expired failure or refusal is asked again, so that a chart whose source
+recovered is not shown broken for MAX_STALE more seconds.
 
 What is kept: 200 (the chart's data), 403 (the public view refuses the same body to every
 anonymous visitor: a client repeating a forced or ad-hoc request gets the refusal without taking
@@ -85,6 +87,8 @@ OTHER_BURST = 10
 FREE = ("403 ", "429 ")
 #: Answers the same for every anonymous visitor: the chart's data, its failure, the refusal.
 KEPT = ("200 ", "400 ", "403 ")
+#: Answers still replayed once expired, while a refresh runs beside (the chart's data only).
+STALE_OK = ("200 ",)
 BUSY = (
     "429 TOO MANY REQUESTS",
     [("Content-Type", "application/json"), ("Retry-After", "1")],
@@ -296,7 +300,7 @@ class PublicChartCache:
             for segment in self.segments.values():
                 if (entry := segment.entries.get(key)) is not None:
                     now = time.monotonic()
-                    if entry.expires + MAX_STALE < now:
+                    if entry.expires + (MAX_STALE if entry.status.startswith(STALE_OK) else 0) < now:
                         segment.drop(key)
                         return None
                     segment.entries.move_to_end(key)

@@ -221,6 +221,19 @@ def test_concurrent_first_requests_wait_for_the_one_in_flight():
     assert (set(answers), app.calls) == ({b"1"}, 1)
 
 
+@pytest.mark.parametrize("status", ["400 BAD REQUEST", "403 FORBIDDEN"])
+def test_an_expired_failure_or_refusal_is_asked_again_not_replayed_stale(status):
+    app = App(status=status)
+    cache = cache_for(app, ttl=0.05)
+    first = request(cache)
+    app.status = "200 OK"  # the chart's source recovered
+    time.sleep(0.1)
+    again = request(cache)
+    assert (first[0], first[2], again[0], again[2], again[1]["X-Public-Replay"]) == (
+        status, b"1", "200 OK", b"2", "miss"
+    )
+
+
 def test_an_answer_older_than_the_staleness_bound_is_dropped(monkeypatch):
     app = App()
     cache = cache_for(app, ttl=0.01)

@@ -7,6 +7,7 @@ afterwards for lag monitoring only and are never read back.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import time
@@ -28,6 +29,13 @@ log = logging.getLogger("stream_consumer")
 RECHECK_REFUSED_SECONDS = 10.0
 PURGE_DEAD_LETTERS_SECONDS = 3600.0
 PURGE_EVENT_IDS_SECONDS = 60.0
+#: Allocations between two collections of the garbage collector's youngest generation (Python's
+#: default: 700). A batch keeps its Kafka messages (tracked objects, and a message whose headers were
+#: read keeps them as a list of tuples, two more) until it lands: at the default, collections ran
+#: every few hundred events and kept promoting them, and the older generations' collections walked
+#: every message of the batches in flight. Measured with benchmarks.streaming's topics, 1M events,
+#: events with the header: 80,000/s at 700, 112,000/s at 10,000 (without it: 130,000 and 135,000/s).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def consumer_config(settings: Settings) -> dict:
@@ -254,6 +262,7 @@ class StreamConsumer:
     # --- the loop ------------------------------------------------------------------------------
     def run(self, until=None) -> None:
         """Consumes until SIGTERM/SIGINT, or until `until()` (checked every second) is true."""
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         s = self.settings

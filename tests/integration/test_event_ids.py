@@ -19,26 +19,31 @@ from hypothesis import strategies as st
 from common.contract import MAY_REPEAT_HEADER
 from common.settings import env_file_values
 from kafka_producer.producer import produce_one
-from stream_consumer.batch import Batch
+from stream_consumer.batch import Batch, event_key
 from stream_consumer.store import Window, record_event_ids, rotate_event_ids
 from tests.support.ephemeral import ROOT
 from tests.support.events import event
 
+#: The events' occurred_at where a test does not say (epoch seconds)
+AT = 1_790_000_000.0
 
-def keys_batch(pairs: list[tuple[int, uuid.UUID]]) -> Batch:
-    """A batch holding these (user_id, event_id) keys, as Batch.add collects them."""
+
+def keys_batch(pairs: list[tuple[int, uuid.UUID]], times: list[float] | None = None) -> Batch:
+    """A batch holding these (user_id, event_id) keys of events at `times`, as Batch.add collects them."""
     batch = Batch("t", "p", 65536, dedup_window=60)
-    for u, e in pairs:
-        if (u, e.int) not in batch.event_ids:
-            batch.event_ids.add((u, e.int))
-            batch.id_users.append(u)
-            batch.id_events.append(e)
+    for (u, e), t in zip(pairs, times or [AT] * len(pairs), strict=True):
+        if (k := event_key(u, e)) not in batch.event_ids:
+            batch.event_ids.add(k)
+            batch.id_keys.append(k)
+            batch.id_times.append(t)
     return batch
 
 
-def record(dsn: str, pairs: list[tuple[int, uuid.UUID]], window: Window | None = None) -> set[tuple[int, int]]:
+def record(
+    dsn: str, pairs: list[tuple[int, uuid.UUID]], window: Window | None = None, times: list[float] | None = None
+) -> set[int]:
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        return record_event_ids(cur, keys_batch(pairs), window or Window())
+        return record_event_ids(cur, keys_batch(pairs, times), window or Window())
 
 
 def test_the_same_event_id_from_two_users_counts_for_both_and_a_users_copy_once(pipeline):
@@ -84,9 +89,11 @@ def test_any_pairs_are_seen_again_exactly_when_recorded_before(pipeline, first, 
     first = list(dict.fromkeys(first))
     second = list(dict.fromkeys(second + data.draw(st.lists(st.sampled_from(first), max_size=4)) if first else second))
     assert record(pipeline.dsn, first) == set()
-    assert record(pipeline.dsn, second) == {(u, e.int) for u, e in second if (u, e) in set(first)}
+    # the keys' arrays (store.key_arrays, built byte by byte) reach Postgres as the very pairs
+    assert set(pipeline.query("SELECT user_id, event_id FROM streaming.event_ids")) == set(first)
+    assert record(pipeline.dsn, second) == {event_key(u, e) for u, e in second if (u, e) in set(first)}
     # the careful path (after a unique violation) answers the same
-    assert record(pipeline.dsn, second, Window(careful=1)) == {(u, e.int) for u, e in second}
+    assert record(pipeline.dsn, second, Window(careful=1)) == {event_key(u, e) for u, e in second}
 
 
 def test_a_copy_in_the_current_generation_takes_the_careful_path_and_is_answered(pipeline):
@@ -97,7 +104,7 @@ def test_a_copy_in_the_current_generation_takes_the_careful_path_and_is_answered
     a, b = (5, uuid.uuid4()), (6, uuid.uuid4())
     window = Window()
     assert record(pipeline.dsn, [a], window) == set() and window.careful == 0
-    assert record(pipeline.dsn, [b, a], window) == {(a[0], a[1].int)}
+    assert record(pipeline.dsn, [b, a], window) == {event_key(*a)}
     assert window.careful > 0
     [(n,)] = pipeline.query("SELECT count(*) FROM streaming.event_ids")
     assert n == 2
@@ -121,7 +128,58 @@ def test_a_rotation_waits_for_a_batch_in_flight_and_keeps_what_it_recorded(pipel
         conn.commit()
     rotation.join(30)
     assert rotated == [0]
-    assert record(pipeline.dsn, [key]) == {(key[0], key[1].int)}
+    assert record(pipeline.dsn, [key]) == {event_key(*key)}
+
+
+def rotate_now(dsn: str) -> None:
+    """A new generation at once: the current slot becomes the one before."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE streaming.event_id_generation SET started_at = now() - interval '1 hour'")
+    rotate_event_ids(dsn, 60)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.lists(st.tuples(st.integers(1, 5), st.uuids(), st.floats(AT - 3600, AT + 3600)), min_size=1, max_size=6),
+    later=st.lists(st.tuples(st.integers(1, 5), st.uuids(), st.floats(AT - 3600, AT + 7200)), max_size=6),
+    data=st.data(),
+)
+def test_after_a_rotation_every_copy_is_found_whatever_the_events_times(pipeline, before, later, data):
+    """Keys recorded in two batches, a rotation (they are now the generation before), then copies of
+    any of them (a copy carries its event's occurred_at) among new keys at any times, late ones
+    included: the copies are answered as seen, the new keys are not, though only copies not newer
+    than the older generation's newest event are looked up there."""
+    with psycopg.connect(pipeline.dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE streaming.event_ids, streaming.event_id_spans")
+    before = list({(u, e): (u, e, t) for u, e, t in before}.values())
+    half = len(before) // 2
+    for part in (before[:half], before[half:]):
+        if part:
+            assert record(pipeline.dsn, [(u, e) for u, e, _ in part], times=[t for *_, t in part]) == set()
+    rotate_now(pipeline.dsn)
+    [(bound,)] = pipeline.query("SELECT extract(epoch FROM other_newest)::float8 FROM streaming.event_id_generation")
+    assert max(t for *_, t in before) < bound < max(t for *_, t in before) + 0.002
+    copies = data.draw(st.lists(st.sampled_from(before), min_size=1, max_size=4, unique=True))
+    fresh = [x for x in later if (x[0], x[1]) not in {(u, e) for u, e, _ in before}]
+    batch = list({(u, e): (u, e, t) for u, e, t in copies + fresh}.values())
+    seen = record(pipeline.dsn, [(u, e) for u, e, _ in batch], times=[t for *_, t in batch])
+    assert seen == {event_key(u, e) for u, e, _ in copies}
+
+
+def test_an_older_generation_without_a_bound_is_looked_up_whole_after_the_upgrade(pipeline):
+    """Ids recorded before the bound existed (an other slot holding ids, no bound): the init that
+    every start runs makes every copy look it up ('infinity') until the next rotation."""
+    key = (4, uuid.uuid4())
+    with psycopg.connect(pipeline.dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE streaming.event_ids, streaming.event_id_spans")
+    assert record(pipeline.dsn, [key], times=[AT]) == set()
+    rotate_now(pipeline.dsn)
+    with psycopg.connect(pipeline.dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE streaming.event_id_spans")
+        conn.execute("UPDATE streaming.event_id_generation SET other_newest = NULL")  # as before the upgrade
+    run_postgres_init(pipeline)
+    assert pipeline.query("SELECT other_newest::text FROM streaming.event_id_generation") == [("infinity",)]
+    assert record(pipeline.dsn, [key], times=[AT + 86_400]) == {event_key(*key)}
 
 
 def run_postgres_init(pipeline) -> None:

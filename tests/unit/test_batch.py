@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.contract import MAY_REPEAT_HEADER, Reason
-from stream_consumer.batch import Batch, Record, SessionRow, UserEventRow
+from stream_consumer.batch import Batch, Record, SessionRow, UserEventRow, event_key
 from tests.support import events
 from tests.support.strategies import hostile_events
 
@@ -231,9 +231,9 @@ def with_id(msg: Record, event_id: str, offset: int, may_repeat: bool = True) ->
 IDS = [str(uuid.UUID(int=i + 1)) for i in range(6)]
 
 
-def key(event_id: str, user_id: int) -> tuple[int, int]:
+def key(event_id: str, user_id: int) -> int:
     """The dedup window's key of a user's event_id (EventKey)."""
-    return (user_id, uuid.UUID(event_id).int)
+    return event_key(user_id, uuid.UUID(event_id))
 
 
 @settings(max_examples=200)
@@ -258,7 +258,7 @@ def test_with_a_dedup_window_each_users_event_id_counts_once_and_known_keys_not_
     for i, u, t in picks:
         first_copies.setdefault((i, u), t)
     assert batch.event_ids == {key(i, u) for i, u in first_copies} and batch.events == len(first_copies)
-    assert list(zip(batch.id_users, batch.id_events)) == [(u, uuid.UUID(i)) for i, u in first_copies]
+    assert batch.id_keys == [key(i, u) for i, u in first_copies]
     assert batch.duplicates == len(picks) - len(first_copies)
     again = batch.deduplicated({key(i, u) for i, u in known})
     kept = {iu: t for iu, t in first_copies.items() if iu not in known}
@@ -303,7 +303,7 @@ def test_any_users_and_ids_count_once_per_pair(pairs):
     batch.add(msgs)
     distinct = {(u, uuid.UUID(i)) for u, i in pairs}
     assert batch.events == len(distinct) and batch.duplicates == len(pairs) - len(distinct)
-    assert sorted(zip(batch.id_users, batch.id_events)) == sorted(distinct)
+    assert sorted(batch.id_keys) == sorted(event_key(u, e) for u, e in distinct)
     per_user: dict[int, int] = {}
     for u, _ in distinct:
         per_user[u] = per_user.get(u, 0) + 1

@@ -230,7 +230,11 @@ def test_an_expired_failure_or_refusal_is_asked_again_not_replayed_stale(status)
     time.sleep(0.1)
     again = request(cache)
     assert (first[0], first[2], again[0], again[2], again[1]["X-Public-Replay"]) == (
-        status, b"1", "200 OK", b"2", "miss"
+        status,
+        b"1",
+        "200 OK",
+        b"2",
+        "miss",
     )
 
 

@@ -108,6 +108,9 @@ CREATE TABLE IF NOT EXISTS streaming.event_ids (
 ) PARTITION BY LIST (slot);
 CREATE TABLE IF NOT EXISTS streaming.event_ids_0 PARTITION OF streaming.event_ids FOR VALUES IN (0);
 CREATE TABLE IF NOT EXISTS streaming.event_ids_1 PARTITION OF streaming.event_ids FOR VALUES IN (1);
+-- Each slot's own number by default: the consumer copies (user_id, event_id) into the current one.
+ALTER TABLE streaming.event_ids_0 ALTER COLUMN slot SET DEFAULT 0;
+ALTER TABLE streaming.event_ids_1 ALTER COLUMN slot SET DEFAULT 1;
 -- Which slot is current, since when. One row.
 CREATE TABLE IF NOT EXISTS streaming.event_id_generation (
     one        boolean     PRIMARY KEY DEFAULT true CHECK (one),
@@ -115,6 +118,20 @@ CREATE TABLE IF NOT EXISTS streaming.event_id_generation (
     started_at timestamptz NOT NULL
 );
 INSERT INTO streaming.event_id_generation (slot, started_at) VALUES (0, clock_timestamp()) ON CONFLICT DO NOTHING;
+-- The newest occurred_at of any id in the other slot (NULL: it holds none). A copy of an event is
+-- looked up in the other slot only if it is not newer than that: every event that arrives after the
+-- rotation, but late ones, skips the look-up. Set at the rotation from event_id_spans. An other
+-- slot of ids recorded before this column existed has no bound: 'infinity' looks every copy up
+-- until the next rotation.
+ALTER TABLE streaming.event_id_generation ADD COLUMN IF NOT EXISTS other_newest timestamptz;
+UPDATE streaming.event_id_generation SET other_newest = 'infinity'
+WHERE other_newest IS NULL
+  AND CASE slot WHEN 0 THEN EXISTS (SELECT FROM streaming.event_ids_1) ELSE EXISTS (SELECT FROM streaming.event_ids_0) END;
+-- One row per batch that recorded ids: into which slot, and the newest occurred_at among them.
+CREATE TABLE IF NOT EXISTS streaming.event_id_spans (
+    slot      smallint    NOT NULL,
+    newest_at timestamptz NOT NULL
+);
 
 -- Where each partition resumes: written in the same transaction as the aggregates, and only
 -- if it still holds the offset the writer started from (the fence against lost partitions).

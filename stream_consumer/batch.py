@@ -41,8 +41,7 @@ PartitionKey = tuple[str, int]
 #: Another user's event with the same id is another event (one visitor must not suppress another's
 #: events by reusing their ids). One int, not a (user_id, event_id) tuple nor a uuid.UUID: an int is
 #: hashed in C and is not tracked by the garbage collector, where the tuple and the UUID a batch
-#: kept per event made every collection walk 50,000 more objects (measured, Batch.add with every
-#: event recorded: 7.8 µs an event with them, 5.4 µs without the collector).
+#: kept per event made every collection walk 50,000 more objects (docs/benchmarks.md, Streaming).
 EventKey = int
 #: event_key's shift of the user_id: above the event_id's 128 bits and 32 bits of zeros, where the
 #: row that records the key in Postgres has its length word (store.copy_rows: one OR a key).

@@ -33,8 +33,8 @@ PURGE_EVENT_IDS_SECONDS = 60.0
 #: default: 700). A batch keeps its Kafka messages (tracked objects, and a message whose headers were
 #: read keeps them as a list of tuples, two more) until it lands: at the default, collections ran
 #: every few hundred events and kept promoting them, and the older generations' collections walked
-#: every message of the batches in flight. Measured with benchmarks.streaming's topics, 1M events,
-#: events with the header: 80,000/s at 700, 112,000/s at 10,000 (without it: 130,000 and 135,000/s).
+#: every message of the batches in flight: the events with headers cost far more than those without
+#: (docs/benchmarks.md, Streaming).
 GC_YOUNG_THRESHOLD = 10_000
 
 

@@ -25,7 +25,8 @@ BENCHMARKS = {
             rf"--rate 10,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
             rf"stream_consumer \(exactly once\), 1 process, 20,000 events of kafka_producer, events/s +{NUMBER}$",
             rf"its events per CPU-second of the consumer process +{NUMBER}$",
-            rf"as the collector sends them \(event-ids: may-repeat\), events/s +{NUMBER}$",
+            rf"as the collector sends them \(event-ids: may-repeat\), events/s +{NUMBER} "
+            rf"\({NUMBER}x the events without the header\)$",
             rf"with the window off \(CONSUMER_DEDUP_WINDOW_SECONDS=0\), events/s +{NUMBER} "
             r"\(with the window: [+-]\d+%\)$",
             rf"baseline: per-event upsert \+ commit .* events/s +{NUMBER}$",

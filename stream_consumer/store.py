@@ -12,7 +12,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.adapt import Dumper
 
-from stream_consumer.batch import USER_SHIFT, Batch, EventKey, PartitionKey
+from stream_consumer.batch import USER_SHIFT, Batch, EventKey, PartitionKey, event_key
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def copy_rows(keys: Iterable[EventKey]) -> bytes:
 
 
 def _keys(rows: Iterable[tuple[int, uuid.UUID]]) -> set[EventKey]:
-    return {u << USER_SHIFT | e.int for u, e in rows}
+    return {event_key(u, e) for u, e in rows}
 
 
 def record_event_ids(cur: psycopg.Cursor, batch: Batch, window: Window) -> set[EventKey]:
@@ -240,7 +240,7 @@ def record_event_ids(cur: psycopg.Cursor, batch: Batch, window: Window) -> set[E
     else:
         seen: set[EventKey] = set()
         if other_newest is not None:
-            old = sorted(k for k, t in zip(batch.id_keys, batch.id_times) if t <= other_newest)
+            old = [k for k, t in zip(batch.id_keys, batch.id_times) if t <= other_newest]
             if old:
                 users, ids = key_arrays(old)
                 seen = _keys(cur.execute(sql.SQL(SEEN_BEFORE).format(**names), {"users": users, "ids": ids}))

@@ -41,6 +41,11 @@ def is_contract_url(text: str) -> bool:
     )
 
 
+def is_user_id(value: object) -> bool:
+    """Whether the contract takes `value` as a user_id (or identified_user_id): a JSON integer in bigint's range."""
+    return type(value) is int and 1 <= value <= BIGINT_MAX
+
+
 def is_contract_utm(text: str) -> bool:
     """Whether the contract takes `text` as a utm_source, utm_medium or utm_campaign."""
     return 1 <= len(text) <= UTM_MAX and all(printable(c) for c in text)

@@ -8,12 +8,15 @@ Every field is bounded so that no message that passes can break a later stage: p
 the whole string (`\\A...\\Z`: `$` would accept a trailing newline), text that Postgres stores
 cannot hold NUL, event times lie between EVENT_TIME_FLOOR and a small skew past the time the
 message reached Kafka, and amounts are capped so that no sum a table or mart keeps can overflow
-(README, "The event contract", states each bound).
+(README, "The event contract", states each bound). The utm_* values are printable: no control,
+format (zero-width, bidi), surrogate or private-use character, no separator but the space; a
+referrer is an absolute http(s) URL of printable ASCII whose host a mart reads without a URL parser.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -37,6 +40,9 @@ Header = tuple[str, str | bytes | None]
 # nothing there: a producer that mints each id once and sends with Kafka's idempotence (which
 # drops its own retries), as kafka_producer does, cannot repeat one.
 MAY_REPEAT_HEADER: Header = ("event-ids", b"may-repeat")
+# The event type by which a visitor's anonymous `user_id` says which known user it is
+# (`identified_user_id`); the marts count the anonymous id's events under the known one.
+IDENTIFY = "identify"
 
 _WORD = r"\A[a-z][a-z0-9_]*\Z"
 EventType = Annotated[str, msgspec.Meta(pattern=_WORD, max_length=50)]
@@ -47,9 +53,47 @@ ShortText = Annotated[str, msgspec.Meta(max_length=2048)]
 # Postgres text cannot hold NUL: refuse it at the contract instead of failing a write.
 StoredText = Annotated[str, msgspec.Meta(pattern=r"\A[^\x00]*\Z", min_length=1, max_length=320)]
 Amount = Annotated[float, msgspec.Meta(ge=0, le=AMOUNT_MAX)]
+# What is not printable in a utm_* value, as a regex class (Python's re has no \p{...}): the Unicode
+# categories Cc (C0 and C1 controls, DEL), Cf (format: soft hyphen, zero-width, bidi controls, tags),
+# Cs (surrogates), Co (private use), Zl, Zp and every Zs but the space (no-break spaces included).
+# Unassigned code points pass, so that a browser's newer emoji is not refused (the class lists a few
+# ahead of Python 3.11's Unicode 14: Unicode 15's U+13439-1343F; planes 15 and 16 whole).
+# tests/unit/test_contract.py checks the class against the Unicode database of the running Python.
+NOT_PRINTABLE = (
+    r"\x00-\x1f\x7f-\xa0\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u1680\u180e"
+    r"\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ud800-\uf8ff\ufeff\ufff9-\ufffb"
+    r"\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    r"\U000e0001\U000e0020-\U000e007f\U000f0000-\U0010ffff"
+)
+_NOT_PRINTABLE_CHAR = re.compile(f"[{NOT_PRINTABLE}]")
+UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign")
+UTM_MAX = 100
+REFERRER_MAX = 2048
+# utm_source, utm_medium, utm_campaign: 1 to 100 printable characters (spaces inside allowed).
+# Printable is checked by decode_event, not by a msgspec pattern: msgspec calls a pattern's search()
+# for each value (0.2 µs before any matching, 0.3 to 1.5 µs a value with this class), where
+# str.isprintable() passes nearly every value in C, and only a value it refuses (isprintable also
+# refuses unassigned code points) is searched for a character of NOT_PRINTABLE.
+UtmText = Annotated[str, msgspec.Meta(min_length=1, max_length=UTM_MAX)]
+# A URL as browsers give document.referrer (RFC 3986: ASCII, anything else percent-encoded):
+# `http://` or `https://` (lower case), a host[:port] of RFC 3986's characters starting with a
+# letter, digit or `[` (an IDN host in punycode), no userinfo (no `@`: browsers strip it, and it
+# would make the host ambiguous), then optionally a path, query or fragment of printable ASCII
+# (`!` to `~`: no space, no control). So the host is what lies between `//` and the first `/`,
+# `?`, `#` or port's `:` (an IPv6 host is in brackets).
+Url = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"\Ahttps?://[A-Za-z0-9\[][A-Za-z0-9._~%!$&'()*+,;=:\[\]-]*(?:[/?#][!-~]*)?\Z",
+        max_length=REFERRER_MAX,
+    ),
+]
 
 
-class Event(msgspec.Struct, frozen=True):
+# gc=False (here and on UserProfile): the fields are scalars, strings, UUIDs and datetimes, so no
+# instance can be part of a reference cycle, and the garbage collector need not track the one
+# decoded per message.
+class Event(msgspec.Struct, frozen=True, gc=False):
     """One user-behaviour event: the value of a `user_events` message (key = user_id as text)."""
 
     schema_version: Literal[1]
@@ -63,9 +107,15 @@ class Event(msgspec.Struct, frozen=True):
     amount: Amount | None = None
     device: Annotated[str, msgspec.Meta(max_length=50)] | None = None
     country: CountryCode | None = None
+    referrer: Url | None = None
+    utm_source: UtmText | None = None
+    utm_medium: UtmText | None = None
+    utm_campaign: UtmText | None = None
+    # On `identify` events only, and required there: the known user the anonymous `user_id` is.
+    identified_user_id: PositiveId | None = None
 
 
-class UserProfile(msgspec.Struct, frozen=True):
+class UserProfile(msgspec.Struct, frozen=True, gc=False):
     """A user's profile: the value of a compacted `user_profiles` message (key = user_id as text).
 
     `updated_at` orders versions: the newest one wins whatever order messages arrive in.
@@ -161,7 +211,31 @@ def decode_event(value: bytes | None, max_bytes: int, latest: float) -> tuple[Ev
         check_time("occurred_at", event.occurred_at, latest)
     if event.amount is not None and event.event_type != "purchase":
         raise InvalidMessage(Reason.CONTRACT, f"amount is only allowed on purchases, got it on {event.event_type!r}")
+    if event.utm_source is not None or event.utm_medium is not None or event.utm_campaign is not None:
+        _check_printable(event)
+    # identified_user_id on identify events, and only there: one comparison for the common case
+    if (event.identified_user_id is None) == (event.event_type == IDENTIFY):
+        raise _identify_refusal(event)
     return event, ts
+
+
+def _check_printable(event: Event) -> None:
+    for field in UTM_FIELDS:
+        value = getattr(event, field)
+        if value is not None and not value.isprintable():
+            bad = _NOT_PRINTABLE_CHAR.search(value)
+            if bad is not None:
+                raise InvalidMessage(
+                    Reason.CONTRACT, f"Expected `str` of printable characters, got U+{ord(bad[0]):04X} - at `$.{field}`"
+                )
+
+
+def _identify_refusal(event: Event) -> InvalidMessage:
+    if event.event_type == IDENTIFY:
+        return InvalidMessage(Reason.CONTRACT, "identified_user_id is required on identify events")
+    return InvalidMessage(
+        Reason.CONTRACT, f"identified_user_id is only allowed on identify events, got it on {event.event_type!r}"
+    )
 
 
 def decode_profile(value: bytes | None, max_bytes: int, latest: float) -> UserProfile:

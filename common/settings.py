@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     # Event types accepted, comma-separated (the tracker's own); any other is refused per event. Each
     # one a type the contract allows (common/contract.py's pattern), at least one.
     collector_event_types: Annotated[str, Field(pattern=r"^ *[a-z][a-z0-9_]* *(, *[a-z][a-z0-9_]* *)*$")] = (
-        "view,click,purchase"
+        "view,click,purchase,identify"
     )
     # How long a request waits for Kafka's acknowledgement before answering 503.
     collector_ack_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10

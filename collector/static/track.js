@@ -12,6 +12,11 @@
  * other events (of the types in the collector's COLLECTOR_EVENT_TYPES). An event leaves the queue
  * only when the collector answered 202 (or refused it for good): until then it is kept in
  * sessionStorage and sent again with its event_id, which the consumer counts once.
+ *
+ * Every event carries where the visitor came from: `referrer` (document.referrer) and the page's
+ * utm_source, utm_medium and utm_campaign, each only when present and trimmed to the contract's
+ * bounds. window.rtAnalytics.identify(userId) says that this browser's user is the known user
+ * `userId` (a sign-in): an `identify` event.
  */
 (function (window, document) {
   "use strict";
@@ -19,7 +24,8 @@
   var origin = script ? new URL(script.src, location.href).origin : location.origin;
   var endpoint = (script && script.getAttribute("data-endpoint")) || origin + "/v1/events";
   var BATCH = 50, DELAY_MS = 1000, MAX_QUEUE = 500, MAX_BACKOFF_MS = 30000;
-  var QUEUE_KEY = "rta_queue", SESSION_KEY = "rta_session", USER_KEY = "rta_user";
+  var QUEUE_KEY = "rta_queue", SESSION_KEY = "rta_session", USER_KEY = "rta_user", KNOWN_KEY = "rta_known";
+  var REFERRER_MAX = 2048, UTM_MAX = 100;  // the contract's bounds (common/contract.py)
 
   function store(area) {
     try { var s = window[area]; s.setItem("rta_probe", "1"); s.removeItem("rta_probe"); return s; }
@@ -60,6 +66,34 @@
     if (session) session.setItem(QUEUE_KEY, JSON.stringify(queue));
   }
 
+  // Where the visitor came from, read once per page and sent on each of its events (the marts count
+  // a session by its first touch). Trimmed or left out, never refused: the collector would refuse
+  // the whole event for one field out of the contract's bounds.
+  // referrer: an absolute http(s) URL of printable ASCII without userinfo (what browsers give), cut to
+  // 2,048 characters (the host, which the marts read, comes first); anything else is left out.
+  var URL_PATTERN = /^https?:\/\/[A-Za-z0-9\[][A-Za-z0-9._~%!$&'()*+,;=:\[\]-]*(?:[\/?#][!-~]*)?$/;
+  function referrer() {
+    var r = String(document.referrer || "").slice(0, REFERRER_MAX);
+    return URL_PATTERN.test(r) ? r : null;
+  }
+  // utm_*: printable text (no control, format, surrogate or private-use character; any run of
+  // whitespace becomes one space), trimmed, at most 100 characters (code points, as the contract counts).
+  var NOT_PRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}]/gu;
+  function utm(params, name) {
+    var v = params && params.get(name);
+    if (!v) return null;
+    v = v.replace(/\s+/g, " ").replace(NOT_PRINTABLE, "").trim();
+    return Array.from(v).slice(0, UTM_MAX).join("").trim() || null;
+  }
+  var params = null;
+  try { params = new URLSearchParams(location.search); } catch (e) { params = null; }
+  var source = {
+    referrer: referrer(),
+    utm_source: utm(params, "utm_source"),
+    utm_medium: utm(params, "utm_medium"),
+    utm_campaign: utm(params, "utm_campaign")
+  };
+
   function device() {
     return /Mobi|Android/i.test(navigator.userAgent) ? "mobile" : "desktop";
   }
@@ -76,8 +110,10 @@
       page: location.pathname.slice(0, 2048),
       device: device()
     };
+    for (var field in source) if (source[field]) event[field] = source[field];
     if (props.product_id) event.product_id = Number(props.product_id);
     if (type === "purchase" && props.amount != null) event.amount = Number(props.amount);
+    if (type === "identify" && props.identified_user_id != null) event.identified_user_id = props.identified_user_id;
     queue.push(event);
     if (queue.length > MAX_QUEUE) queue.splice(0, queue.length - MAX_QUEUE);  // bounded: the oldest go
     save();
@@ -150,7 +186,29 @@
     });
   }, true);
 
-  window.rtAnalytics = { track: track, flush: flush, userId: userId, sessionId: sessionId, queue: function () { return queue.slice(); } };
+  // identify(knownId): this browser's user is the known user `knownId` (a positive integer up to
+  // 2^53 - 1, which a JS number holds exactly; or its decimal text). It sends an `identify` event whose
+  // user_id stays the anonymous id and whose identified_user_id is the known one. Later events keep
+  // the anonymous user_id too: the marts stitch every event of the anonymous id, before and after,
+  // to the known user (the latest identify wins), so the tracker never switches ids. Returns the
+  // event_id, or null (and a warning) for an id the contract would refuse.
+  var known = Number((local && local.getItem(KNOWN_KEY)) || 0) || null;
+  function identify(knownId) {
+    var id = typeof knownId === "number" ? knownId : /^\s*[0-9]+\s*$/.test(String(knownId)) ? Number(knownId) : NaN;
+    if (!Number.isSafeInteger(id) || id < 1) {
+      if (window.console) console.warn("rt-analytics: identify needs a positive integer user id, got", knownId);
+      return null;
+    }
+    known = id;
+    if (local) local.setItem(KNOWN_KEY, String(id));
+    return track("identify", { identified_user_id: id });
+  }
+
+  window.rtAnalytics = {
+    track: track, identify: identify, flush: flush, userId: userId, sessionId: sessionId,
+    identified: function () { return known; },  // the known user this browser last identified as, or null
+    queue: function () { return queue.slice(); }
+  };
   track("view");
   if (queue.length > 1) schedule(0);  // left over from the last page of this tab
 })(window, document);

@@ -1,8 +1,9 @@
 """The tracker and the demo shop in headless Chromium, on the running stack: a visitor's views,
 clicks and purchases go through track.js, the collector, Kafka and the consumer into
 `streaming.user_events`, each once, also when a send fails and is retried with the same event_ids
-and when the page is left before the tracker sent anything. The shop as a visitor sees it is
-saved to artifacts/storefront.png."""
+and when the page is left before the tracker sent anything; the page's utm parameters ride on every
+event, and "Sign in" sends an identify event under the anonymous user_id. The shop as a visitor sees
+it is saved to artifacts/storefront.png."""
 
 from __future__ import annotations
 
@@ -108,6 +109,43 @@ def test_events_of_a_page_left_at_once_arrive_once(stack, shop):
             lambda: counts(stack, user_id) == {"view": 2, "purchase": 1},
             30,
             f"the purchase counted once (now {counts(stack, user_id)})",
+            interval=0.5,
+        )
+
+
+def test_signing_in_sends_an_identify_event_and_every_event_keeps_the_anonymous_id_and_the_utm(stack, shop):
+    from selenium.webdriver.common.by import By
+
+    with chromium() as driver:
+        driver.get(shop + "?utm_source=newsletter&utm_medium=email&utm_campaign=spring%20%20sale%0A")
+        wait_for(lambda: drained(driver), 30, "the page view to be acknowledged", interval=0.2)
+        user_id, _ = tracker(driver)
+        driver.execute_script(
+            """
+            const real = window.fetch;
+            window.sentEvents = [];
+            window.fetch = function (url, init) {
+              window.sentEvents.push(...JSON.parse(init.body));
+              return real(url, init);
+            };
+            """
+        )
+        driver.find_element(By.ID, "account").send_keys("4242")
+        driver.find_element(By.ID, "sign-in").click()
+        click(driver, 1, "click")
+        wait_for(lambda: drained(driver), 30, "the identify event and the click to be acknowledged", interval=0.2)
+        sent = driver.execute_script("return window.sentEvents")
+        assert sorted(e["event_type"] for e in sent) == ["click", "identify"], sent
+        assert {(e["user_id"], e["utm_source"], e["utm_medium"], e["utm_campaign"]) for e in sent} == {
+            (user_id, "newsletter", "email", "spring sale")
+        }
+        assert [e.get("identified_user_id") for e in sent if e["event_type"] == "identify"] == [4242]
+        assert driver.execute_script("return window.rtAnalytics.identified()") == 4242
+        assert "signed in as 4242" in driver.find_element(By.CSS_SELECTOR, ".who").text
+        wait_for(
+            lambda: counts(stack, user_id) == {"view": 1, "identify": 1, "click": 1},
+            30,
+            f"the identify event counted under the anonymous id (now {counts(stack, user_id)})",
             interval=0.5,
         )
 

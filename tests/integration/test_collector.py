@@ -168,6 +168,30 @@ def test_each_rejected_event_gets_its_reason_and_the_others_go_through(collector
     assert sorted(v["event_id"] for _, v in in_kafka(pipeline)) == sorted([sent[0]["event_id"], sent[7]["event_id"]])
 
 
+def test_product_analytics_fields_and_identify_pass_through_to_kafka_unchanged(collector, pipeline):
+    """identify is collected by default (the tracker's rtAnalytics.identify); the new fields go to Kafka
+    as sent, and the contract's rules on them refuse an event each, as the consumer would."""
+    landing = event(
+        referrer="https://www.google.com/search?q=coffee",
+        utm_source="google",
+        utm_medium="cpc",
+        utm_campaign="spring sale \u2615",
+    )
+    signed_in = event(event_type="identify", identified_user_id=1234)
+    sent = [
+        landing,
+        signed_in,
+        event(event_type="identify"),  # identify without the known user
+        event(identified_user_id=1234),  # identified_user_id on a view
+        event(utm_source="google\n"),
+        event(referrer="javascript:alert(1)"),
+    ]
+    status, _, body = collector.post(sent)
+    assert status == 202 and (body["accepted"], body["rejected"]) == (2, 4), body
+    assert [(e["index"], e["reason"]) for e in body["errors"]] == [(i, "contract") for i in (2, 3, 4, 5)]
+    assert sorted((v for _, v in in_kafka(pipeline)), key=lambda v: v["event_type"]) == [signed_in, landing]
+
+
 @pytest.mark.parametrize(
     "body",
     [b"", b"not json", b"{}", b'{"events": []}', b"[1, 2]", b'["a"]', b"[[]]", b"[null]", b"[" * 100_000, b"\xff\xfe"],

@@ -8,7 +8,7 @@ import json
 import uuid
 from typing import Any
 
-#: One event with every field set, each inside its bound.
+#: One event with every field set, each inside its bound (but identified_user_id: identify events only).
 VALID_EVENT: dict[str, Any] = {
     "schema_version": 1,
     "event_id": "5f0b7c1e-8d3a-4e0c-9a51-2f1f7d9c3b10",
@@ -21,6 +21,10 @@ VALID_EVENT: dict[str, Any] = {
     "amount": 19.99,
     "device": "mobile",
     "country": "US",
+    "referrer": "https://www.example.com/blog/coffee?ref=nav",
+    "utm_source": "newsletter",
+    "utm_medium": "email",
+    "utm_campaign": "spring sale",
 }
 
 #: A visitor's browser, as every test and benchmark client of the collector presents itself (the

@@ -4,13 +4,21 @@ import datetime as dt
 import json
 import uuid
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.contract import MAY_REPEAT_HEADER, Reason
 from stream_consumer.batch import Batch, Record, SessionRow, UserEventRow, event_key
 from tests.support import events
-from tests.support.strategies import hostile_events
+from tests.support.strategies import (
+    edge_values,
+    hostile_events,
+    is_contract_url,
+    is_contract_utm,
+    is_user_id,
+    json_values,
+)
 
 APPENDED = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 
@@ -191,6 +199,71 @@ def test_a_refused_message_becomes_a_dead_letter_that_still_advances_its_offset(
     filed = batch_of(event(offset=41)).refused("refused by Postgres (SQLSTATE 22003): numeric field overflow")
     assert (filed.events, filed.user_events, filed.next_offsets) == (0, {}, {("user_events", 0): 42})
     assert (filed.dead_letters[0].reason, filed.dead_letters[0].raw_value_exact) == (Reason.REFUSED_BY_POSTGRES, True)
+
+
+def with_fields(offset: int, event_type: str = "view", **fields) -> Record:
+    """A view of user 1 (or another type) with these fields set, at `offset`."""
+    body = events.event(1, event_type, session_id=S1, occurred_at="2026-11-22T10:00:30Z", **fields)
+    return Msg(events.encode(body), events.key(body), offset=offset)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"referrer": "javascript:alert(1)"},
+        {"referrer": "https://evil.example@bank.example/"},
+        {"referrer": "https://example.com/" + "a" * 2029},
+        {"utm_source": "a" * 101},
+        {"utm_medium": "cpc\n"},
+        {"utm_campaign": "\u202esale"},
+        {"utm_campaign": ""},
+        {"identified_user_id": 7},
+        {"event_type": "identify"},
+        {"event_type": "identify", "identified_user_id": 0},
+        {"event_type": "identify", "identified_user_id": 2**63},
+    ],
+)
+def test_a_hostile_value_in_a_product_analytics_field_costs_exactly_one_dead_letter(hostile):
+    fields = dict(hostile)
+    b = batch_of(with_fields(0), with_fields(1, fields.pop("event_type", "view"), **fields), with_fields(2))
+    assert [(d.offset, d.reason) for d in b.dead_letters] == [(1, Reason.CONTRACT)]
+    assert (b.events, b.user_events[(1, "view")].events, b.next_offsets) == (2, 2, {("user_events", 0): 3})
+
+
+def test_product_analytics_fields_within_their_bounds_are_counted_like_any_event():
+    b = batch_of(
+        with_fields(0, referrer="https://www.google.com/", utm_source="google", utm_medium="cpc", utm_campaign="x"),
+        with_fields(1, "identify", identified_user_id=9),
+    )
+    assert (b.events, b.dead_letters, {k: r.events for k, r in b.user_events.items()}) == (
+        2,
+        [],
+        {(1, "view"): 1, (1, "identify"): 1},
+    )
+
+
+NEW_FIELDS = ["referrer", "utm_source", "utm_medium", "utm_campaign", "identified_user_id"]
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_any_value_in_a_product_analytics_field_is_counted_or_one_dead_letter(data):
+    """Whatever one message carries in a new field, it is counted or filed, alone: its neighbours count."""
+    field = data.draw(st.sampled_from(NEW_FIELDS))
+    value = data.draw(edge_values[field] | json_values)
+    event_type = data.draw(st.sampled_from(["view", "identify"]))
+    b = batch_of(with_fields(0), with_fields(1, event_type, **{field: value}), with_fields(2))
+    if field == "identified_user_id":
+        valid = (event_type == "identify") == (value is not None) and (value is None or is_user_id(value))
+    else:
+        check = is_contract_url if field == "referrer" else is_contract_utm
+        valid = event_type == "view" and (value is None or (isinstance(value, str) and check(value)))
+    assert [(d.offset, d.reason) for d in b.dead_letters] == ([] if valid else [(1, Reason.CONTRACT)])
+    assert (b.events, b.user_events[(1, "view")].events) == (
+        3 if valid else 2,
+        3 if valid and event_type == "view" else 2,
+    )
+    assert b.next_offsets == {("user_events", 0): 3}
 
 
 def test_a_bare_refusal_keeps_neither_key_nor_raw_value():

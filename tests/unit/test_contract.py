@@ -3,6 +3,9 @@ bounds, at their edges and under generated hostile input (Hypothesis)."""
 
 import datetime as dt
 import json
+import re
+import sys
+import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +15,9 @@ from common.contract import (
     AMOUNT_MAX,
     BIGINT_MAX,
     EVENT_TIME_FLOOR,
+    NOT_PRINTABLE,
+    REFERRER_MAX,
+    UTM_MAX,
     Event,
     InvalidMessage,
     Reason,
@@ -21,7 +27,16 @@ from common.contract import (
     decode_profile,
 )
 from tests.support.events import VALID_EVENT as VALID
-from tests.support.strategies import edge_values, hostile_events, json_values
+from tests.support.strategies import (
+    edge_values,
+    hostile_events,
+    is_contract_url,
+    is_contract_utm,
+    json_values,
+    printable,
+    urls,
+    utm_texts,
+)
 
 NOW = dt.datetime(2026, 11, 22, 15, 10, tzinfo=dt.UTC)
 LATEST = NOW + dt.timedelta(minutes=5)
@@ -53,13 +68,20 @@ def test_the_design_example_is_valid():
 
 
 def test_unknown_fields_and_new_event_types_are_accepted():
-    event, _ = decode_event(encode(event_type="add_to_cart", amount=None, referrer="newsletter"), 65536, LATEST_TS)
+    event, _ = decode_event(encode(event_type="add_to_cart", amount=None, gclid="Cj0KCQ\n"), 65536, LATEST_TS)
     assert event.event_type == "add_to_cart"
 
 
 def test_optional_fields_may_be_missing():
-    event, _ = decode_event(encode(page=..., product_id=..., amount=..., device=..., country=...), 65536, LATEST_TS)
-    assert event.amount is None
+    absent = dict.fromkeys(["page", "product_id", "amount", "device", "country", "referrer"], ...)
+    event, _ = decode_event(encode(**absent, utm_source=..., utm_medium=..., utm_campaign=...), 65536, LATEST_TS)
+    assert (event.amount, event.referrer, event.utm_source, event.identified_user_id) == (None, None, None, None)
+
+
+def test_the_new_optional_fields_may_be_null():
+    nulls = dict.fromkeys(["referrer", "utm_source", "utm_medium", "utm_campaign", "identified_user_id"])
+    event, _ = decode_event(encode(**nulls), 65536, LATEST_TS)
+    assert (event.referrer, event.utm_campaign, event.identified_user_id) == (None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +111,20 @@ def test_optional_fields_may_be_missing():
         (encode(event_type="view"), Reason.CONTRACT, "only allowed on purchases"),
         (encode(country="usa"), Reason.CONTRACT, "$.country"),
         (encode(product_id=1.5), Reason.CONTRACT, "$.product_id"),
+        (encode(referrer="newsletter"), Reason.CONTRACT, "$.referrer"),
+        (encode(referrer="https://example.com/" + "a" * (REFERRER_MAX - 19)), Reason.CONTRACT, "$.referrer"),
+        (encode(referrer=""), Reason.CONTRACT, "$.referrer"),
+        (encode(referrer=7), Reason.CONTRACT, "$.referrer"),
+        (encode(utm_source=""), Reason.CONTRACT, "$.utm_source"),
+        (encode(utm_medium="a" * (UTM_MAX + 1)), Reason.CONTRACT, "$.utm_medium"),
+        (encode(utm_campaign="spring\nsale"), Reason.CONTRACT, "$.utm_campaign"),
+        (encode(utm_campaign=["spring"]), Reason.CONTRACT, "$.utm_campaign"),
+        (encode(identified_user_id=7), Reason.CONTRACT, "only allowed on identify events, got it on 'purchase'"),
+        (encode(event_type="identify", amount=None), Reason.CONTRACT, "identified_user_id is required on identify"),
+        (encode(event_type="identify", amount=None, identified_user_id=None), Reason.CONTRACT, "required on identify"),
+        (encode(event_type="identify", amount=None, identified_user_id=0), Reason.CONTRACT, "$.identified_user_id"),
+        (encode(event_type="identify", amount=None, identified_user_id="7"), Reason.CONTRACT, "$.identified_user_id"),
+        (encode(event_type="identify", identified_user_id=7), Reason.CONTRACT, "only allowed on purchases"),
     ],
 )
 def test_contract_breaches_are_refused_with_a_reason(raw, reason, text):
@@ -164,6 +200,109 @@ def test_profile_with_nul_in_name_is_refused():
         decode_profile(encode_profile(name="a\u0000b"), 65536, LATEST_TS)
 
 
+@pytest.mark.parametrize(
+    "referrer",
+    [
+        "https://www.google.com/",
+        "http://localhost:8090/shop/?utm_source=x#top",
+        "https://example.com",
+        "https://[2001:db8::1]:8443/a",
+        "https://xn--caf-dma.example/men%C3%BC?q=a+b&r=%F0%9F%98%80#top",
+        "https://example.com/!$&'()*+,;=:@~-._[]{}|^`\\\"<>",
+        "https://example.com/" + "a" * (REFERRER_MAX - 20),
+    ],
+)
+def test_referrers_that_are_absolute_http_urls_are_accepted(referrer):
+    assert decode_event(encode(referrer=referrer), 65536, LATEST_TS)[0].referrer == referrer
+
+
+@pytest.mark.parametrize(
+    "referrer",
+    [
+        "ftp://example.com/",
+        "HTTPS://example.com/",
+        "javascript:alert(1)",
+        "//example.com/",
+        "/shop/",
+        "https://",
+        "https:///path",
+        "https://:8080/",
+        "https://user:pass@example.com/",
+        "https://evil.example@google.com/",
+        "https://exa mple.com/",
+        "https://café.example/",
+        "https://example.com/a b",
+        "https://example.com/\n",
+        "https://example.com/a\u200bb",
+        "https://example.com/\u202e",
+        "https://example.com/\u00a0",
+        "https://example.com/ü",
+        "https://example.com/😀",
+        "https://example.com/\x7f",
+        " https://example.com/",
+    ],
+)
+def test_referrers_that_are_not_absolute_http_urls_are_refused(referrer):
+    with pytest.raises(InvalidMessage, match=r"\$\.referrer") as refused:
+        decode_event(encode(referrer=referrer), 65536, LATEST_TS)
+    assert refused.value.reason == Reason.CONTRACT
+
+
+@pytest.mark.parametrize(
+    "value", ["google", "cpc", "spring sale 2026", " padded ", "ü€😀", "春のセール", "a" * UTM_MAX, "-", "\U0001fae8"]
+)
+def test_utm_values_of_printable_text_within_the_bound_are_accepted(value):
+    event = decode_event(encode(utm_source=value, utm_medium=value, utm_campaign=value), 65536, LATEST_TS)[0]
+    assert (event.utm_source, event.utm_medium, event.utm_campaign) == (value, value, value)
+
+
+@pytest.mark.parametrize("field", ["utm_source", "utm_medium", "utm_campaign"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "a" * (UTM_MAX + 1),
+        "a\tb",
+        "a\r",
+        "\u202egoogle",
+        "news\u200bletter",
+        "\u00a0",
+        "\ue000",
+        "\x85",
+        "\U000e0041",
+    ],
+)
+def test_utm_values_that_are_empty_too_long_or_not_printable_are_refused(field, value):
+    with pytest.raises(InvalidMessage, match=rf"\$\.{field}") as refused:
+        decode_event(encode(**{field: value}), 65536, LATEST_TS)
+    assert refused.value.reason == Reason.CONTRACT
+
+
+@pytest.mark.parametrize("identified", [1, 42, BIGINT_MAX])
+def test_an_identify_event_names_the_known_user_of_its_anonymous_user_id(identified):
+    event, _ = decode_event(encode(event_type="identify", amount=None, identified_user_id=identified), 65536, LATEST_TS)
+    assert (event.event_type, event.user_id, event.identified_user_id) == ("identify", 42, identified)
+
+
+@pytest.mark.parametrize("identified", [0, -1, BIGINT_MAX + 1, 1.5, True])
+def test_an_identified_user_id_out_of_bounds_is_refused(identified):
+    with pytest.raises(InvalidMessage, match=r"\$\.identified_user_id"):
+        decode_event(encode(event_type="identify", amount=None, identified_user_id=identified), 65536, LATEST_TS)
+
+
+def test_the_not_printable_class_is_the_unicode_databases():
+    """NOT_PRINTABLE is written by hand (Python's re has no \\p{...}): every assigned code point is
+    in it exactly when the running Python's Unicode database says it is not printable (a character
+    a newer Python assigns to a refused category fails this, until the class lists it)."""
+    one = re.compile(rf"[^{NOT_PRINTABLE}]")
+    wrong = [
+        f"U+{c:04X} {unicodedata.category(chr(c))}"
+        for c in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(c)) != "Cn" and (one.fullmatch(chr(c)) is not None) != printable(chr(c))
+    ]
+    assert wrong == [], f"NOT_PRINTABLE disagrees with Unicode {unicodedata.unidata_version}: {wrong[:20]}"
+
+
 def test_amount_cents_rounds_to_the_nearest_cent():
     assert [amount_cents(x) for x in (None, 0, 19.99, 0.1 + 0.2, 1e9)] == [0, 0, 1999, 30, 100_000_000_000]
 
@@ -185,6 +324,53 @@ def test_any_message_is_an_event_within_every_bound_or_refused_with_a_reason(raw
     assert event.amount is None or (0 <= event.amount <= AMOUNT_MAX and event.event_type == "purchase")
     assert len(event.event_type) <= 50 and event.event_type.isascii() and "\n" not in event.event_type
     assert event.country is None or (len(event.country) == 2 and event.country.isupper())
+    assert event.referrer is None or is_contract_url(event.referrer)
+    assert all(v is None or is_contract_utm(v) for v in (event.utm_source, event.utm_medium, event.utm_campaign))
+    assert (event.identified_user_id is not None) == (event.event_type == "identify")
+    assert event.identified_user_id is None or 1 <= event.identified_user_id <= BIGINT_MAX
+
+
+@settings(max_examples=500)
+@given(urls)
+def test_a_referrer_is_accepted_exactly_when_it_is_an_absolute_http_url_within_the_bound(referrer):
+    try:
+        event, _ = decode_event(encode(referrer=referrer), 65536, LATEST_TS)
+    except InvalidMessage as exc:
+        assert (exc.reason, "$.referrer" in str(exc), is_contract_url(referrer)) == (Reason.CONTRACT, True, False)
+        return
+    assert event.referrer == referrer and is_contract_url(referrer)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(["utm_source", "utm_medium", "utm_campaign"]), utm_texts)
+def test_a_utm_value_is_accepted_exactly_when_it_is_printable_and_within_the_bound(field, value):
+    try:
+        event, _ = decode_event(encode(**{field: value}), 65536, LATEST_TS)
+    except InvalidMessage as exc:
+        assert (exc.reason, f"$.{field}" in str(exc), is_contract_utm(value)) == (Reason.CONTRACT, True, False)
+        return
+    assert getattr(event, field) == value and is_contract_utm(value)
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(["identify", "view", "purchase", "identity"]),
+    edge_values["identified_user_id"] | json_values | st.just(...),
+)
+def test_identified_user_id_is_accepted_exactly_on_identify_events_within_user_ids_bounds(event_type, identified):
+    raw = encode(
+        event_type=event_type, amount=19.99 if event_type == "purchase" else None, identified_user_id=identified
+    )
+    if identified is ... or identified is None:  # absent or null: right on any type but identify
+        want = event_type != "identify"
+    else:
+        want = event_type == "identify" and type(identified) is int and 1 <= identified <= BIGINT_MAX
+    try:
+        event, _ = decode_event(raw, 65536, LATEST_TS)
+    except InvalidMessage as exc:
+        assert (exc.reason, want) == (Reason.CONTRACT, False) and "identif" in str(exc)
+        return
+    assert want and event.identified_user_id == (None if identified is ... else identified)
 
 
 @settings(max_examples=300)

@@ -133,6 +133,58 @@ CREATE TABLE IF NOT EXISTS streaming.event_id_spans (
     newest_at timestamptz NOT NULL
 );
 
+-- Product analytics (docs/architecture.md, "Product analytics"): what the marts of funnels, pages,
+-- sources, identity and retention need, and the live "active users now", written in the batch's
+-- transaction like the aggregates above.
+
+-- Every counted event, in the order nothing else keeps: funnels need each step's time. Appended,
+-- never updated: the consumer COPYs a batch's events in. No index by user (an index entry per event
+-- would cost the consumer); written_xid (the batch's transaction, the same value for all its rows)
+-- lets the marts read what was appended since their last build, and BRIN on occurred_at lets them
+-- read the events around those in time.
+CREATE TABLE IF NOT EXISTS streaming.event_log (
+    user_id     bigint      NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    event_type  varchar(50) NOT NULL,
+    page        text,
+    written_xid xid8        NOT NULL DEFAULT pg_current_xact_id()
+);
+CREATE INDEX IF NOT EXISTS event_log_written_xid_idx ON streaming.event_log (written_xid);
+CREATE INDEX IF NOT EXISTS event_log_occurred_at_brin ON streaming.event_log USING brin (occurred_at);
+
+-- Each user's newest event time: "active users now" counts the rows of the last 5 minutes with an
+-- index range scan, whatever the number of users (streaming.active_users_now).
+CREATE TABLE IF NOT EXISTS streaming.user_last_seen (
+    user_id      bigint      PRIMARY KEY,
+    last_seen_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS user_last_seen_last_seen_at_idx ON streaming.user_last_seen (last_seen_at);
+CREATE OR REPLACE VIEW streaming.active_users_now AS
+SELECT count(*) AS active_users, now() AS as_of
+FROM streaming.user_last_seen
+WHERE last_seen_at >= now() - interval '5 minutes';
+
+-- Identity: an `identify` event says the anonymous user_id is the known identified_user_id. One
+-- row per anonymous id, the latest identify (by occurred_at) wins. One level: a known user is not
+-- looked up again as an anonymous id.
+CREATE TABLE IF NOT EXISTS streaming.identities (
+    anonymous_id  bigint      PRIMARY KEY,
+    user_id       bigint      NOT NULL,
+    identified_at timestamptz NOT NULL,
+    written_xid   xid8        NOT NULL DEFAULT pg_current_xact_id()
+);
+CREATE INDEX IF NOT EXISTS identities_user_id_idx ON streaming.identities (user_id);
+CREATE INDEX IF NOT EXISTS identities_written_xid_idx ON streaming.identities (written_xid);
+
+-- A session's first touch: the landing page, the referrer's host and the utm parameters of its
+-- earliest event (NULL where that event had none); a late event earlier than the first replaces them.
+ALTER TABLE streaming.sessions
+    ADD COLUMN IF NOT EXISTS landing_page  text,
+    ADD COLUMN IF NOT EXISTS referrer_host text,
+    ADD COLUMN IF NOT EXISTS utm_source    varchar(100),
+    ADD COLUMN IF NOT EXISTS utm_medium    varchar(100),
+    ADD COLUMN IF NOT EXISTS utm_campaign  varchar(100);
+
 -- Where each partition resumes: written in the same transaction as the aggregates, and only
 -- if it still holds the offset the writer started from (the fence against lost partitions).
 -- high_watermark is the partition's end offset as the consumer last saw it (for lag).

@@ -83,6 +83,7 @@ def test_build_runs_every_model_and_its_tests(dbt):
         "stg_streaming__event_minutes",
         "stg_streaming__sessions",
         "stg_streaming__users",
+        "stg_streaming__identities",
         *MARTS,
     }
     assert set(results.values()) <= {"success", "pass", "warn"}

@@ -165,16 +165,31 @@ FROM streaming.user_last_seen
 WHERE last_seen_at >= now() - interval '5 minutes';
 
 -- Identity: an `identify` event says the anonymous user_id is the known identified_user_id. One
--- row per anonymous id, the latest identify (by occurred_at) wins. One level: a known user is not
--- looked up again as an anonymous id.
+-- row per (anonymous id, known user) pair ever identified, with the pair's latest identify time:
+-- the current mapping of an anonymous id is its pair with the latest identified_at (the latest
+-- identify wins; ties go to the larger user id). Earlier pairs stay so that a mart can recount
+-- every user an anonymous id was counted under before. One level: a known user is not looked up
+-- again as an anonymous id.
 CREATE TABLE IF NOT EXISTS streaming.identities (
-    anonymous_id  bigint      PRIMARY KEY,
+    anonymous_id  bigint      NOT NULL,
     user_id       bigint      NOT NULL,
     identified_at timestamptz NOT NULL,
-    written_xid   xid8        NOT NULL DEFAULT pg_current_xact_id()
+    written_xid   xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    PRIMARY KEY (anonymous_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS identities_user_id_idx ON streaming.identities (user_id);
 CREATE INDEX IF NOT EXISTS identities_written_xid_idx ON streaming.identities (written_xid);
+
+-- Users deleted ("forget this user": `python -m stream_consumer users delete`, or a tombstone on
+-- user_profiles). Their rows are gone from every other streaming table; the marts drop them on the
+-- next build; the consumer drops their events appended to Kafka before deleted_at (a rebuild's
+-- replay), and with suppress all their later events too. Survives a rebuild.
+CREATE TABLE IF NOT EXISTS streaming.deleted_users (
+    user_id    bigint      PRIMARY KEY,
+    deleted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    suppress   boolean     NOT NULL DEFAULT false,
+    written_xid xid8       NOT NULL DEFAULT pg_current_xact_id()
+);
 
 -- A session's first touch: the landing page, the referrer's host and the utm parameters of its
 -- earliest event (NULL where that event had none); a late event earlier than the first replaces them.

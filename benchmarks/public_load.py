@@ -52,7 +52,7 @@ from benchmarks.report import report
 from benchmarks.serving import pct
 from native.context import Context
 from native.stack import Supervisor
-from tests.support.ephemeral import EphemeralStack
+from tests.support.ephemeral import EphemeralStack, running_stack
 from tests.support.pipeline_waits import SERVICE_NAMES, marts_exist, wait_for_marts
 from tests.support.superset_api import SupersetClient, dashboard_request
 
@@ -288,7 +288,8 @@ def fmt(counts: Counter) -> str:
     return ", ".join(f"{status}: {n:,}" for status, n in sorted(counts.items(), key=lambda kv: str(kv[0]))) or "-"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, stack: EphemeralStack | None = None) -> None:
+    """Starts its own stack, or loads the running one given (tests/integration/test_stack.py's)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--viewers", type=int, default=200)
     parser.add_argument("--abusers", type=int, default=50)
@@ -297,7 +298,7 @@ def main() -> None:
     parser.add_argument("--refresh", type=float, default=10.0, help="seconds between a viewer's refreshes")
     parser.add_argument("--rate", type=int, default=100, help="producer events/s during the run")
     parser.add_argument("--abuse", default="filter,markers", help=f"abusers' kinds, in turn ({', '.join(ABUSES)})")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not set(args.abuse.split(",")) <= set(ABUSES):
         parser.error(f"--abuse: kinds are {', '.join(ABUSES)}")
     print(
@@ -306,9 +307,7 @@ def main() -> None:
         f"{args.abusers} abusers ({args.abuse})",
         flush=True,
     )
-    stack = EphemeralStack(SERVICES, {"PRODUCER_RATE": str(args.rate)})
-    try:
-        stack.up()
+    with running_stack(SERVICES, {"PRODUCER_RATE": str(args.rate)}, stack) as stack:
         ctx = Context({**Context().env, **stack.env})
         env = ctx.env
         wait_for_marts(lambda: marts_exist(stack.owner_dsn()), "the first scheduled dbt build")
@@ -369,8 +368,6 @@ def main() -> None:
         print("targets: " + "; ".join(f"{what}: {'met' if ok else 'MISSED'}" for what, ok in met.items()), flush=True)
         load = os.getloadavg()
         print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
-    finally:
-        stack.down()
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import time
-from collections import defaultdict
 
 import psutil
 
@@ -33,12 +31,27 @@ from benchmarks.report import report
 from common.settings import Settings
 from native.context import Context
 from native.stack import Supervisor
-from tests.support.ephemeral import EphemeralStack
+from tests.support.ephemeral import EphemeralStack, running_stack
 from tests.support.known_events import event, produce
 from tests.support.pipeline_waits import marts_exist, wait_for, wait_for_marts
 from tests.support.superset_api import SupersetClient
 
 TIMELINE = "Real-time event timeline (events per minute)"
+#: The stack serving runs: prometheus because the lag chart reads the pipeline exporter's lag from
+#: it through Trino.
+SERVICES = [
+    "postgres",
+    "kafka",
+    "stream_consumer",
+    "kafka_producer",
+    "collector",
+    "airflow",
+    "trino",
+    "superset",
+    "prometheus",
+]
+#: The click measure's own event type, taken by the collector beside its default ones.
+CLICK_TYPE = "clickprobe"
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -146,59 +159,41 @@ class Bench:
             # a button like the shop's own, of an event type nothing else sends
             driver.execute_script(
                 "document.body.insertAdjacentHTML('beforeend', "
-                '\'<button id="probe" data-track="clickprobe">p</button>\')'
+                f'\'<button id="probe" data-track="{CLICK_TYPE}">p</button>\')'
             )
             for i in range(1, rounds + 1):
                 started = time.time()
                 driver.find_element(By.ID, "probe").click()
-                samples.append(self.seconds_to_timeline("clickprobe", i, started))
+                samples.append(self.seconds_to_timeline(CLICK_TYPE, i, started))
                 time.sleep(1)
         self.report("click in the shop (Chromium) -> timeline chart data", ms(samples) + f", max {max(samples):.2f} s")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, stack: EphemeralStack | None = None) -> None:
+    """Starts its own stack, or measures the running one given (tests/integration/test_stack.py's,
+    whose `up` timed the start-ups)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--rate", type=int, default=1000, help="producer events/s during the benchmark")
     parser.add_argument("--warmup", type=int, default=60, help="seconds of production before measuring")
-    args = parser.parse_args()
-    # prometheus: the lag chart reads the pipeline exporter's lag from it through Trino
-    services = [
-        "postgres",
-        "kafka",
-        "stream_consumer",
-        "kafka_producer",
-        "collector",
-        "airflow",
-        "trino",
-        "superset",
-        "prometheus",
-    ]
+    args = parser.parse_args(argv)
     Context().apt_install("chromium", "chromium-driver")  # the click-to-dashboard measure's browser
     print(
         f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
-        f"stack: {', '.join(services)}; producer {args.rate}/s",
+        f"stack: {', '.join(SERVICES)}; producer {args.rate}/s",
         flush=True,
     )
-    # the click measure's own event type, beside those the collector takes anyway
-    event_types = f"{Settings().collector_event_types},clickprobe"
-    stack = EphemeralStack(services, {"PRODUCER_RATE": str(args.rate), "COLLECTOR_EVENT_TYPES": event_types})
-    try:
-        proc = stack("up", *services, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"./stack up failed:\n{proc.stderr[-3000:]}")
-        ctx = Context({**Context().env, **stack.env})
+    event_types = f"{Settings().collector_event_types},{CLICK_TYPE}"
+    with running_stack(SERVICES, {"PRODUCER_RATE": str(args.rate), "COLLECTOR_EVENT_TYPES": event_types}, stack) as s:
+        ctx = Context({**Context().env, **s.env})
         env = ctx.env
-        started = defaultdict(float)
-        for name, seconds in re.findall(r"stack: (\w+) is healthy \(([\d.]+) s\)", proc.stderr):
-            started[name] = float(seconds)
         time.sleep(args.warmup)
-        dsn = stack.owner_dsn()
+        dsn = s.owner_dsn()
         wait_for_marts(lambda: marts_exist(dsn), "the first scheduled dbt build")
-        bench = Bench(stack, env)
+        bench = Bench(s, env)
         print("serving:", flush=True)
-        bench.report("Trino start-up (./stack up trino, to a real read)", f"{started['trino']:.1f} s")
-        bench.report("Superset start-up (provisioning + gunicorn, to /health)", f"{started['superset']:.1f} s")
+        bench.report("Trino start-up (./stack up trino, to a real read)", f"{s.started['trino']:.1f} s")
+        bench.report("Superset start-up (provisioning + gunicorn, to /health)", f"{s.started['superset']:.1f} s")
         bench.through_trino(args.rounds)
         bench.through_superset(args.rounds)
         bench.event_to_dashboard(args.rounds)
@@ -207,8 +202,6 @@ def main() -> None:
         bench.report("Superset RSS (gunicorn master + 2 workers)", f"{rss_mib(ctx, 'superset'):,.0f} MiB")
         load = os.getloadavg()
         print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}", flush=True)
-    finally:
-        stack.down()
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from benchmarks.report import report
 from native.context import Context
 from native.services import SERVICES
 from native.stack import Supervisor
-from tests.support.ephemeral import EphemeralStack
+from tests.support.ephemeral import EphemeralStack, running_stack
 
 #: the tables the consumer upserts on every batch
 HOT_TABLES = ("user_events", "event_minutes", "sessions", "consumer_offsets")
@@ -108,25 +108,27 @@ def spread(values: list[float]) -> str:
     return f"first {values[0]:,.0f}, last {values[-1]:,.0f}, max {max(values):,.0f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None, stack: EphemeralStack | None = None) -> None:
+    """Starts its own stack, or soaks the running one given (tests/integration/test_stack.py's)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=int, default=5_000, help="producer events/s")
     parser.add_argument("--minutes", type=float, default=30, help="how long the soak lasts (after the warm-up)")
     parser.add_argument("--users", type=int, default=10_000, help="producer's users")
     parser.add_argument("--sample-seconds", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=90, help="seconds of traffic before the soak starts")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     services = list(SERVICES)
     print(
         f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
         f"stack: {', '.join(services)}; producer {args.rate:,}/s, {args.users:,} users; {args.minutes:g} minutes",
         flush=True,
     )
-    stack = EphemeralStack(services, {"PRODUCER_RATE": str(args.rate), "PRODUCER_USERS": str(args.users)})
-    try:
-        started = time.monotonic()
-        stack.up()
-        print(f"./stack up (every service): {time.monotonic() - started:.0f} s", flush=True)
+    started = time.monotonic()
+    env = {"PRODUCER_RATE": str(args.rate), "PRODUCER_USERS": str(args.users)}
+    given = stack is not None
+    with running_stack(services, env, stack) as stack:
+        if not given:
+            print(f"./stack up (every service): {time.monotonic() - started:.0f} s", flush=True)
         ctx = Context({**Context().env, **stack.env})
         dsn = stack.owner_dsn()
         time.sleep(args.warmup)
@@ -195,8 +197,6 @@ def main() -> None:
         rows.append(("alerts that fired during the soak", ", ".join(alerts) or "none"))
         for name, value in rows:
             report(name, value)
-    finally:
-        stack.down()
 
 
 if __name__ == "__main__":

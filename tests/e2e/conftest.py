@@ -24,7 +24,9 @@ from tests.support.superset_api import SupersetClient
 def stack():
     # The dashboard tests' browser; installed here so that a fresh machine (CI) gets it too.
     Context().apt_install("chromium", "chromium-driver")
-    s = EphemeralStack(SERVICE_NAMES, {"CONSUMER_BATCH_MAX_MS": "100"})
+    # A worker silent for 20 s is replaced (60 by default): test_public_view's hung worker trips it
+    # sooner. gthread workers keep their heartbeat while a request runs, so no request is cut.
+    s = EphemeralStack(SERVICE_NAMES, {"CONSUMER_BATCH_MAX_MS": "100", "SUPERSET_GUNICORN_TIMEOUT": "20"})
     try:
         s.up()
         yield s

@@ -5,12 +5,15 @@ It drives the same `./stack` users run; only the ports and the state folder diff
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from common.settings import REPO_ROOT as ROOT
@@ -86,6 +89,8 @@ class EphemeralStack:
             **(extra_env or {}),
         }
         self.services = services
+        #: Seconds each service took to become healthy in the last `up` that started it.
+        self.started: dict[str, float] = {}
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -102,6 +107,8 @@ class EphemeralStack:
         proc = self("up", *(services or self.services), check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"./stack up failed:\n{proc.stdout}\n{proc.stderr}")
+        for name, seconds in re.findall(r"stack: (\w+) is healthy \(([\d.]+) s\)", proc.stderr):
+            self.started[name] = float(seconds)
 
     def down(self) -> None:
         self("down", check=False, timeout=180)
@@ -128,3 +135,23 @@ class EphemeralStack:
         return make_conninfo(
             host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env[db], user=env[user], password=env[password]
         )
+
+
+@contextlib.contextmanager
+def running_stack(
+    services: list[str], extra_env: dict[str, str] | None = None, given: EphemeralStack | None = None
+) -> Iterator[EphemeralStack]:
+    """A benchmark's stack: a new one, up for the run and down after it; or, given one (a test's,
+    running every service the benchmark needs), that one, left as it is."""
+    if given is not None:
+        missing = set(services) - set(given.services)
+        if missing:
+            raise ValueError(f"the given stack does not run {sorted(missing)}")
+        yield given
+        return
+    stack = EphemeralStack(services, extra_env)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()

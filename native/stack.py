@@ -19,7 +19,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from xmlrpc.client import Fault, ServerProxy
@@ -218,36 +217,10 @@ def up(ctx: Context, names: list[str]) -> None:
     sup = Supervisor(ctx)
     sup.write_config(programs)
     restart = sup.ensure_started()
-    start_all(ctx, sup, [s for s in SERVICES.values() if s in services or s.name in restart])
-    ctx.log(f"up: {', '.join(s.name for s in services)}")
-
-
-def start_all(ctx: Context, sup: Supervisor, services: list[Service]) -> None:
-    """Starts each service once those it depends on are healthy, side by side otherwise, as compose
-    does (`depends_on: condition: service_healthy`): Airflow starts beside Trino, not after it."""
-    done: dict[str, threading.Event] = {s.name: threading.Event() for s in services}
-    failed: list[BaseException] = []
-
-    def run(service: Service) -> None:
-        try:
-            for dep in service.depends_on:
-                if dep in done:
-                    done[dep].wait()
-            if failed:
-                return
+    for service in SERVICES.values():
+        if service in services or service.name in restart:
             start_and_wait(ctx, sup, service)
-        except BaseException as exc:  # SystemExit too: reported by the caller's thread
-            failed.append(exc)
-        finally:
-            done[service.name].set()
-
-    threads = [threading.Thread(target=run, args=(s,), name=f"up-{s.name}") for s in services]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failed:
-        raise failed[0]
+    ctx.log(f"up: {', '.join(s.name for s in services)}")
 
 
 def _prepared(ctx: Context, service: Service) -> bool:

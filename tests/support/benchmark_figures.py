@@ -10,15 +10,15 @@ NUMBER = r"[\d,.]+"
 
 BENCHMARKS = {
     "streaming": (
-        ["--events", "20000", "--rss-events", "40000", "--steady-seconds", "3"]
-        + ["--latency-seconds", "3", "--baseline-seconds", "2"],
+        ["--events", "5000", "--rss-events", "10000", "--steady-seconds", "2"]
+        + ["--latency-seconds", "2", "--baseline-seconds", "1"],
         [
-            rf"kafka_producer, 20,000 events, events/s +{NUMBER}$",
+            rf"kafka_producer, 5,000 events, events/s +{NUMBER}$",
             rf"baseline: Faker dict .* events/s +{NUMBER}$",
             rf"producer ratio +{NUMBER}x$",
-            rf"--rate 1,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
-            rf"--rate 10,000 for 3 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
-            rf"stream_consumer \(exactly once\), 1 process, 20,000 events of kafka_producer, events/s +{NUMBER}$",
+            rf"--rate 1,000 for 2 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
+            rf"--rate 10,000 for 2 s: .* {NUMBER} \(.*\) / {NUMBER} \(.*\)$",
+            rf"stream_consumer \(exactly once\), 1 process, 5,000 events of kafka_producer, events/s +{NUMBER}$",
             rf"its events per CPU-second of the consumer process +{NUMBER}$",
             rf"as the collector sends them \(event-ids: may-repeat\), events/s +{NUMBER} "
             rf"\({NUMBER}x the events without the header\)$",
@@ -27,7 +27,7 @@ BENCHMARKS = {
             rf"baseline: per-event upsert \+ commit .* events/s +{NUMBER}$",
             rf"consumer ratio +{NUMBER}x$",
             rf"event → streaming table at 10,000/s, .* p50 / p99 / max +{NUMBER} ms / {NUMBER} ms / {NUMBER} ms$",
-            rf"consumer RSS after 40,000 events +{NUMBER} MiB$",
+            rf"consumer RSS after 10,000 events +{NUMBER} MiB$",
         ],
     ),
     "collector": (

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 import uuid
 
 import psycopg
@@ -205,10 +206,15 @@ def test_a_deletion_mid_stream_keeps_exactly_the_events_appended_after_it(pipeli
     live and after a rebuild."""
     pipeline.start_consumer()
     pipeline.start_consumer()
-    background = pipeline.produce_in_background(events=20_000, rate=4_000, seed=43, users=5)
+    produce_events(pipeline, [(1, "view")])
+    pipeline.wait_until_consumed()  # both members read
+    background = pipeline.produce_in_background(events=40_000, rate=4_000, seed=43, users=5)
+    t0 = time.monotonic()
     wait_for(lambda: sum(pipeline.counts().values()) > 3_000, 60, "events to flow")
+    t1 = time.monotonic()
     deleted = users_tool(pipeline, "delete", "3")
     assert deleted.returncode == 0, deleted.stderr
+    assert background.thread.is_alive(), ("the producer was done before the deletion", t1 - t0, time.monotonic() - t1)
     background.join(60)
     pipeline.wait_until_consumed()
     [(deleted_ms,)] = pipeline.query(
@@ -216,7 +222,7 @@ def test_a_deletion_mid_stream_keeps_exactly_the_events_appended_after_it(pipeli
     )
     later = appended_after(pipeline, 3, deleted_ms)
     before = sum(n for (u, _), n in pipeline.sent.counts.items() if u == 3) - later
-    assert later > 500 and before > 500  # the deletion fell mid-stream
+    assert later > 500 and before > 500, (later, before, deleted_ms)  # the deletion fell mid-stream
     counts = pipeline.counts()
     assert sum(n for (u, _), n in counts.items() if u == 3) == later
     assert {k: n for k, n in counts.items() if k[0] != 3} == {
@@ -230,10 +236,15 @@ def test_a_deletion_mid_stream_keeps_exactly_the_events_appended_after_it(pipeli
     assert pipeline.counts() == counts
 
 
-def test_users_delete_refuses_bad_ids_and_says_when_postgres_is_down(pipeline: Pipeline):
+def test_users_delete_refuses_bad_ids_and_says_when_postgres_or_kafka_is_down(pipeline: Pipeline):
     for bad in ("0", "-5", "abc", "9223372036854775808"):
         refused = users_tool(pipeline, "delete", bad)
         assert refused.returncode == 2 and "USER_ID" in refused.stderr, (bad, refused.stderr)
+    kafka = pipeline.env["KAFKA_BOOTSTRAP_SERVERS"]
+    pipeline.env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    no_kafka = users_tool(pipeline, "delete", "5")
+    assert no_kafka.returncode == 1 and "cannot reach Kafka at 127.0.0.1:1" in no_kafka.stderr, no_kafka.stderr
+    pipeline.env["KAFKA_BOOTSTRAP_SERVERS"] = kafka
     pipeline.env["POSTGRES_PORT"] = "1"
     down = users_tool(pipeline, "delete", "5")
     assert down.returncode == 1 and "cannot connect to Postgres" in down.stderr, down.stderr

@@ -394,7 +394,11 @@ class Batch:
                 log.exception("failed on %s[%d]@%d; filing it as a dead letter", topic, msg.partition(), msg.offset())
                 self.dead_letter(msg, Reason.INTERNAL_ERROR, f"consumer error: {type(exc).__name__}: {exc}")
                 continue
-            if deleted and self._drops(msg, event.user_id, event.identified_user_id):
+            if (
+                deleted
+                and (event.user_id in deleted or event.identified_user_id in deleted)
+                and self._drops(msg, event.user_id, event.identified_user_id)
+            ):
                 continue
             if may_repeat and ids is not None:
                 id_key = event.user_id << USER_SHIFT | event.event_id.int  # event_key(), inline
@@ -445,7 +449,7 @@ class Batch:
 
     def _drops(self, msg: KafkaMessage, user_id: int, other: int | None = None) -> bool:
         """Whether the message of `user_id` (an identify event: naming `other`) is dropped as a
-        deleted user's (`forgotten`); counted in `suppressed` if so. Only called while some user is deleted."""
+        deleted user's (`forgotten`); counted in `suppressed` if so. Called for a deleted user's messages only."""
         deleted = self.deleted
         kind, ms = msg.timestamp()
         if forgotten(deleted.get(user_id), kind, ms) or (other is not None and forgotten(deleted.get(other), kind, ms)):

@@ -241,7 +241,8 @@ def _identify_refusal(event: Event) -> InvalidMessage:
 def decode_profile(value: bytes | None, max_bytes: int, latest: float) -> UserProfile:
     """The profile in `value`, or InvalidMessage saying why it breaks the contract (`latest` as
     for decode_event)."""
-    value = _check_size(value, max_bytes, "tombstone (null value): profile deletion is not part of the contract")
+    # The consumer takes a tombstone (null value) as the deletion of its key's user before it decodes.
+    value = _check_size(value, max_bytes, "tombstone (null value): a deletion, not a profile")
     try:
         profile = _profile_decoder.decode(value)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:

@@ -7,6 +7,9 @@ offsets reset --to earliest|latest [--topic T] [--partition N] [--yes]
                          move stored offsets, after saying what is skipped or read twice
 dead-letters list|show|replay|purge
                          the messages the contract refused
+users delete [--suppress] USER_ID...
+                         forget users: every streaming row of theirs, their dead letters, a
+                         tombstone on user_profiles; --suppress also drops their later events
 """
 
 from __future__ import annotations
@@ -81,6 +84,21 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--all", action="store_true", help="replay every dead letter (needed when nothing else selects)")
     pg = dl.add_parser("purge", parents=[filters], help="delete dead letters received more than N days ago")
     pg.add_argument("--older-than", type=int, metavar="DAYS", help="default: DEAD_LETTER_RETENTION_DAYS")
+
+    from stream_consumer.users import user_id
+
+    us = sub.add_parser("users", help="forget users").add_subparsers(dest="action", required=True)
+    de = us.add_parser(
+        "delete",
+        help="delete users from every streaming table, their dead letters, and their profile from Kafka",
+        description="In one transaction: a tombstone per user on the profiles topic, the users (and the anonymous "
+        "ids identified as them) recorded in streaming.deleted_users, and every row of theirs deleted from every "
+        "streaming table that holds a user id. The marts drop them on their next build.",
+    )
+    de.add_argument("ids", nargs="+", type=user_id, metavar="USER_ID")
+    de.add_argument(
+        "--suppress", action="store_true", help="also drop every later event of theirs (default: later events count)"
+    )
     return p
 
 
@@ -104,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "show":
             return offsets.show(settings)
         return offsets.reset(settings, args.to, args.topic, args.partition, args.yes)
+    if command == "users":
+        from stream_consumer.users import delete
+
+        return delete(settings, args.ids, args.suppress)
     from stream_consumer import dead_letters
 
     if args.action == "show":

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from common.contract import (
+    BIGINT_MAX,
     DEFAULT_MAX_FUTURE_SKEW,
     MAY_REPEAT_HEADER,
     Header,
@@ -48,6 +49,24 @@ EventKey = int
 USER_SHIFT = 160
 # confluent_kafka.TIMESTAMP_LOG_APPEND_TIME: the broker stamped the message when it arrived.
 LOG_APPEND_TIME = 2
+
+#: Deleted users as a batch reads them (streaming.deleted_users): user_id -> (deleted_at in epoch
+#: milliseconds, suppress). NOBODY (never mutated) while no user is deleted: Batch.add then spends
+#: one truthiness test per event on them.
+DeletedUsers = dict[int, tuple[int, bool]]
+NOBODY: DeletedUsers = {}
+
+
+def forgotten(entry: tuple[int, bool] | None, kind: int, ms: int) -> bool:
+    """Whether a message of a deleted user is dropped: `entry` is the user's (deleted_at in epoch
+    ms, suppress), None if not deleted; (kind, ms) the message's Kafka timestamp. Dropped: every
+    message of a suppressed user, and otherwise the ones the broker appended at or before the
+    deletion (a rebuild's replay, or a consumer behind the deletion). A message without the
+    broker's append time (a producer's create time proves nothing) cannot be shown to be later: dropped."""
+    if entry is None:
+        return False
+    deleted_ms, suppress = entry
+    return suppress or kind != LOG_APPEND_TIME or ms <= deleted_ms
 
 
 @dataclasses.dataclass(slots=True)
@@ -255,6 +274,13 @@ class Batch:
         self.id_times: list[float] = []
         self.known_ids: frozenset[EventKey] = frozenset()
         self.duplicates = 0
+        # Deleting users (store.py, "Deleting users"): the deleted users this batch drops the
+        # events and profiles of (`forgotten`), how many it dropped, and the tombstones it holds
+        # (user_id -> the latest one's append time in epoch ms), which delete their user when the
+        # batch is written.
+        self.deleted: DeletedUsers = NOBODY
+        self.suppressed = 0
+        self.tombstones: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -271,7 +297,7 @@ class Batch:
         )
 
     def _empty_like(self) -> Batch:
-        return Batch(
+        batch = Batch(
             self.events_topic,
             self.profiles_topic,
             self.max_event_bytes,
@@ -279,6 +305,18 @@ class Batch:
             self.wall_clock,
             self.dedup_window,
         )
+        batch.deleted = self.deleted
+        return batch
+
+    def without_deleted(self, deleted: DeletedUsers) -> Batch:
+        """This batch's messages again, dropping the events and profiles of `deleted` (a deletion
+        committed since the batch was aggregated, or one of its own tombstones): the same offsets,
+        dead letters and tombstones."""
+        batch = self._empty_like()
+        batch.deleted = deleted
+        batch.known_ids = self.known_ids
+        batch.add(self.messages)
+        return batch
 
     def deduplicated(self, known: set[EventKey]) -> Batch:
         """This batch's messages again, without the events whose (user_id, event_id) are in `known`
@@ -325,6 +363,7 @@ class Batch:
             self.wall_clock = time.time()
         wall_latest = self.wall_clock + skew
         ids, known, id_keys, id_times = self.event_ids, self.known_ids, self.id_keys, self.id_times
+        deleted = self.deleted
         self.messages.extend(messages)
         for msg in messages:
             topic = msg.topic()
@@ -354,6 +393,12 @@ class Batch:
             except Exception as exc:  # a bug of ours must cost this message, not the pipeline
                 log.exception("failed on %s[%d]@%d; filing it as a dead letter", topic, msg.partition(), msg.offset())
                 self.dead_letter(msg, Reason.INTERNAL_ERROR, f"consumer error: {type(exc).__name__}: {exc}")
+                continue
+            if (
+                deleted
+                and (event.user_id in deleted or event.identified_user_id in deleted)
+                and self._drops(msg, event.user_id, event.identified_user_id)
+            ):
                 continue
             if may_repeat and ids is not None:
                 id_key = event.user_id << USER_SHIFT | event.event_id.int  # event_key(), inline
@@ -402,14 +447,45 @@ class Batch:
             for (m, e), row in self.minutes.items()
         ]
 
+    def _drops(self, msg: KafkaMessage, user_id: int, other: int | None = None) -> bool:
+        """Whether the message of `user_id` (an identify event: naming `other`) is dropped as a
+        deleted user's (`forgotten`); counted in `suppressed` if so. Called for a deleted user's messages only."""
+        deleted = self.deleted
+        kind, ms = msg.timestamp()
+        if forgotten(deleted.get(user_id), kind, ms) or (other is not None and forgotten(deleted.get(other), kind, ms)):
+            self.suppressed += 1
+            return True
+        return False
+
+    def _tombstone(self, msg: KafkaMessage) -> None:
+        """A null value on user_profiles: its key's user is deleted when the batch is written
+        (store.py, "Deleting users"). A key that is not a user id leaves nothing to delete: a dead letter."""
+        key = msg.key()
+        # the key as an event's user_id would be written: 1 to BIGINT_MAX in decimal, no sign or leading zero
+        if key is None or not key.isdigit() or key.startswith(b"0") or len(key) > 19 or int(key) > BIGINT_MAX:
+            raise InvalidMessage(
+                Reason.NULL_VALUE, f"tombstone (null value) whose key {_text(key, 64)!r} is not a user id"
+            )
+        user_id = int(key)
+        kind, ms = msg.timestamp()
+        if kind != LOG_APPEND_TIME or ms < 0:  # not stamped by the broker: when the batch began
+            ms = int((self.wall_clock or time.time()) * 1000)
+        if ms > self.tombstones.get(user_id, -1):
+            self.tombstones[user_id] = ms
+
     def _add_profile(self, msg: KafkaMessage, latest: float) -> None:
         if msg.topic() != self.profiles_topic:
             raise InvalidMessage(Reason.UNEXPECTED_TOPIC, f"unexpected topic {msg.topic()!r}")
+        if msg.value() is None:
+            self._tombstone(msg)
+            return
         profile = decode_profile(msg.value(), self.max_event_bytes, latest)
         if msg.key() != str(profile.user_id).encode():
             raise InvalidMessage(
                 Reason.KEY_MISMATCH, f"key {_text(msg.key(), 64)!r} is not the profile's user_id {profile.user_id}"
             )
+        if self.deleted and self._drops(msg, profile.user_id):
+            return
         current = self.users.get(profile.user_id)
         # Last write wins by updated_at, never by arrival order; a tie keeps the later message.
         if current is None or profile.updated_at >= current.updated_at:

@@ -133,7 +133,10 @@ class StreamConsumer:
         self._last_kafka_error = ""
 
     def _new_batch(self) -> Batch:
-        return Batch.for_settings(self.settings)
+        batch = Batch.for_settings(self.settings)
+        # The deleted users as last read (store.Deletions): their events are dropped as they are read.
+        batch.deleted = self.store.deletions.users
+        return batch
 
     def _postgres(self, action):
         """`action()` on this thread (after `_settle()`), through outages; None if stopped meanwhile."""
@@ -422,6 +425,7 @@ class StreamConsumer:
         m.events.inc(landed.events)
         m.messages.inc(landed.messages)
         m.duplicates.inc(landed.duplicates)
+        m.suppressed.inc(landed.suppressed)
         for d in landed.dead_letters:
             m.dead_letters.labels(d.reason).inc()
         m.batch_messages.observe(landed.messages)

@@ -16,7 +16,14 @@ import psycopg
 
 from common.settings import Settings
 from stream_consumer.batch import Batch, Record
-from stream_consumer.store import first_line, is_data_error, purge_dead_letters, write_aggregates
+from stream_consumer.store import (
+    DELETION_LOCK,
+    first_line,
+    is_data_error,
+    load_deleted_users,
+    purge_dead_letters,
+    write_aggregates,
+)
 
 REPLAY_CHUNK = 500
 
@@ -130,6 +137,8 @@ def replay(settings: Settings, sel: Selection, out=sys.stdout) -> int:
     with psycopg.connect(settings.consumer_dsn()) as conn:
         while True:
             with conn.transaction():
+                # as a batch's transaction: not while a user is being deleted (store.DELETION_LOCK)
+                conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (DELETION_LOCK,))
                 rows = conn.execute(
                     f"""SELECT id, topic, "partition", "offset", message_key, raw_value, kafka_timestamp,
                                raw_value_exact
@@ -171,6 +180,8 @@ def replay(settings: Settings, sel: Selection, out=sys.stdout) -> int:
 
 def _replay_rows(conn: psycopg.Connection, settings: Settings, rows: list[tuple], result: ReplayResult) -> None:
     batch = Batch.for_settings(settings)
+    with conn.cursor() as cur:
+        batch.deleted = load_deleted_users(cur)  # a deleted user's dead letter is dropped, not counted
     ids = {}
     messages = []
     counts = ReplayResult()

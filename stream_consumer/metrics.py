@@ -14,6 +14,12 @@ class ConsumerMetrics:
             "Events not counted: their user's event_id was counted before, within CONSUMER_DEDUP_WINDOW_SECONDS",
             registry=r,
         )
+        self.suppressed = Counter(
+            "stream_consumer_suppressed_events",
+            "Events and profiles of deleted users dropped (streaming.deleted_users): all their later ones with "
+            "--suppress, else those appended before the deletion (a replay); not dead letters",
+            registry=r,
+        )
         self.messages = Counter(
             "stream_consumer_messages", "Messages committed (events, profiles and dead letters)", registry=r
         )

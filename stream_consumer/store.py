@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import struct
 import uuid
@@ -12,7 +13,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.adapt import Dumper
 
-from stream_consumer.batch import USER_SHIFT, Batch, EventKey, PartitionKey, event_key
+from stream_consumer.batch import NOBODY, USER_SHIFT, Batch, DeletedUsers, EventKey, PartitionKey, event_key
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,7 @@ class Store:
         self.group = group
         self.conn: psycopg.Connection | None = None
         self.window = Window()
+        self.deletions = Deletions()
 
     def connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed or self.conn.broken:
@@ -331,6 +333,7 @@ class Store:
         conn = self.connection()
         keys = list(batch.next_offsets)
         with conn.transaction(), conn.cursor() as cur:
+            batch = self.deletions.prepare(cur, batch)
             cur.execute(
                 ADVANCE_OFFSETS,
                 {
@@ -503,3 +506,143 @@ def purge_dead_letters(dsn: str, older_than_days: int, where: str = "TRUE", para
             deleted += n
             if n < PURGE_CHUNK:
                 return deleted
+
+
+# --- Deleting users ---------------------------------------------------------------------------
+# `python -m stream_consumer users delete` (users.py) and a tombstone on user_profiles (in the
+# batch's transaction: Deletions.prepare) delete users the same way: delete_users.
+
+#: The pg_advisory_xact_lock key of deletions. Every batch's transaction takes it shared first
+#: (exclusive if the batch holds a tombstone), `users delete` takes it exclusive: a batch commits
+#: wholly before a deletion or wholly after it, and one after it has read the deletion first.
+DELETION_LOCK = 0x64656C6574696F6E  # "deletion"
+
+#: The columns of `streaming` that hold a user id, per table: user_id, anonymous_id and any
+#: *_user_id of an integer type, in every table but deleted_users (a partitioned table as one: its
+#: partitions are deleted from through it). Read from the catalog at each deletion, so a new table
+#: with a user_id column is covered without a change here. The dead letters have no such column:
+#: they go by message_key (delete_users).
+USER_ID_COLUMNS = r"""
+SELECT c.relname::text, array_agg(a.attname::text ORDER BY a.attnum)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = 'streaming' AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relname <> 'deleted_users'
+  AND a.atttypid IN ('bigint'::regtype, 'integer'::regtype, 'numeric'::regtype)
+  AND (a.attname IN ('user_id', 'anonymous_id') OR a.attname LIKE '%\_user\_id')
+GROUP BY c.relname ORDER BY c.relname
+"""
+
+# A later deletion moves deleted_at on; a plain one (or a tombstone) never lifts a suppression.
+UPSERT_DELETED_USERS = """
+INSERT INTO streaming.deleted_users AS d (user_id, deleted_at, suppress)
+SELECT u, a, %(suppress)s FROM unnest(%(ids)s::bigint[], %(at)s::timestamptz[]) AS v(u, a)
+ON CONFLICT (user_id) DO UPDATE SET
+    deleted_at = greatest(d.deleted_at, excluded.deleted_at),
+    suppress = d.suppress OR excluded.suppress,
+    written_xid = pg_current_xact_id()
+"""
+
+# What a consumer checks in each batch's transaction (after the lock): whether deleted_users changed
+# since it last read them. Every write of the table sets written_xid (UPSERT_DELETED_USERS).
+DELETED_USERS_VERSION = """
+SELECT count(*), (SELECT written_xid::text FROM streaming.deleted_users ORDER BY written_xid DESC LIMIT 1)
+FROM streaming.deleted_users
+"""
+LOAD_DELETED_USERS = """
+SELECT user_id, floor(extract(epoch FROM deleted_at) * 1000)::bigint, suppress FROM streaming.deleted_users
+"""
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def epoch_ms(ms: int) -> dt.datetime:
+    """Kafka's epoch milliseconds as an exact datetime (a float's division could round)."""
+    return _EPOCH + dt.timedelta(milliseconds=ms)
+
+
+def load_deleted_users(cur: psycopg.Cursor) -> DeletedUsers:
+    return {u: (ms, suppress) for u, ms, suppress in cur.execute(LOAD_DELETED_USERS)} or NOBODY
+
+
+@dataclasses.dataclass
+class Deleted:
+    """What delete_users did: the ids deleted (those asked for, and the anonymous ids identified
+    as them) and the rows deleted per table."""
+
+    asked: list[int]
+    anonymous: list[int]
+    rows: dict[str, int]
+
+
+def delete_users(cur: psycopg.Cursor, deleted_at: dict[int, dt.datetime], suppress: bool) -> Deleted:
+    """Deletes these users, in the caller's transaction (which holds DELETION_LOCK exclusive):
+    records each in streaming.deleted_users (deleted_at, suppress), and deletes every row of theirs
+    from every table of `streaming` that holds a user id (USER_ID_COLUMNS) and their dead letters
+    (message_key = the id).
+
+    A user's events include those of the anonymous ids ever identified as them (every pair of
+    streaming.identities naming the user): those ids are deleted with them, as deleted users of
+    their own with the user's deleted_at and suppress, so that neither their events nor their
+    identify events come back."""
+    asked = sorted(deleted_at)
+    at = dict(deleted_at)
+    anonymous = set()
+    for anon, user in cur.execute(
+        "SELECT anonymous_id, user_id FROM streaming.identities WHERE user_id = ANY(%s::bigint[])", (asked,)
+    ).fetchall():
+        if anon not in deleted_at:
+            anonymous.add(anon)
+            at[anon] = max(at.get(anon, deleted_at[user]), deleted_at[user])
+    everyone = sorted(at)
+    cur.execute(UPSERT_DELETED_USERS, {"ids": everyone, "at": [at[u] for u in everyone], "suppress": suppress})
+    rows: dict[str, int] = {}
+    for table, columns in cur.execute(USER_ID_COLUMNS).fetchall():
+        match = sql.SQL(" OR ").join(sql.SQL("{} = ANY(%(ids)s::bigint[])").format(sql.Identifier(c)) for c in columns)
+        query = sql.SQL("DELETE FROM streaming.{} WHERE ").format(sql.Identifier(table)) + match
+        rows[table] = cur.execute(query, {"ids": everyone}).rowcount
+    rows["dead_letter_events"] = cur.execute(
+        "DELETE FROM streaming.dead_letter_events WHERE message_key = ANY(%s::text[])", ([str(u) for u in everyone],)
+    ).rowcount
+    return Deleted(asked, sorted(anonymous), rows)
+
+
+class Deletions:
+    """A consumer's copy of streaming.deleted_users, and what each batch's transaction does about
+    them (`prepare`). Used by the writer thread; the consumer's thread reads `users` (replaced
+    whole, never mutated) into each new batch, so that most batches are aggregated without the
+    deleted users' events in the first place."""
+
+    def __init__(self) -> None:
+        self.users: DeletedUsers = NOBODY
+        self.version: tuple | None = None  # DELETED_USERS_VERSION as last read; None: read again
+
+    def prepare(self, cur: psycopg.Cursor, batch: Batch) -> Batch:
+        """First thing in a batch's transaction: takes DELETION_LOCK (shared; exclusive if the
+        batch holds a tombstone), reads deleted_users again if they changed, carries out the
+        batch's tombstones that are new (a tombstone no later than its user's deleted_at was
+        carried out before: a rebuild's replay, or the tombstone of `users delete`), and returns the
+        batch as it must be written: aggregated again from its messages if it was aggregated
+        without a deletion it must honour."""
+        lock = "pg_advisory_xact_lock" if batch.tombstones else "pg_advisory_xact_lock_shared"
+        cur.execute(f"SELECT {lock}(%s)", (DELETION_LOCK,))
+        version = cur.execute(DELETED_USERS_VERSION).fetchone()
+        if version != self.version:
+            self.users, self.version = load_deleted_users(cur), version
+        users = self.users
+        new = {u: ms for u, ms in batch.tombstones.items() if u not in users or users[u][0] < ms}
+        if new:
+            done = delete_users(cur, {u: epoch_ms(ms) for u, ms in new.items()}, suppress=False)
+            log.info(
+                "tombstone: deleted user(s) %s%s: %s",
+                ", ".join(map(str, done.asked)),
+                f" and the anonymous ids identified as them, {', '.join(map(str, done.anonymous))}"
+                if done.anonymous
+                else "",
+                ", ".join(f"{n} from {t}" for t, n in done.rows.items() if n) or "no rows",
+            )
+            users = load_deleted_users(cur)  # as this transaction leaves them
+            self.version = None  # it may yet roll back: the next batch reads what was committed
+        if batch.deleted is not users and batch.deleted != users:
+            batch = batch.without_deleted(users)
+        return batch

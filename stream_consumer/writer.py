@@ -76,11 +76,13 @@ class Landed:
     transactions: int = 0
     splits: int = 0
     duplicates: int = 0  # events whose event_id was counted before, within the dedup window
+    suppressed: int = 0  # events and profiles of deleted users, dropped (batch.forgotten)
 
     def add(self, batch: Batch) -> None:
         self.messages += len(batch)
         self.events += batch.events
         self.duplicates += batch.duplicates
+        self.suppressed += batch.suppressed
         self.dead_letters += batch.dead_letters
         self.transactions += 1
 

@@ -42,6 +42,7 @@ CONSUMER_LAYERS = {
     "consumer": 3,
     "offsets": 4,
     "dead_letters": 4,
+    "users": 4,
     "__main__": 5,
 }
 

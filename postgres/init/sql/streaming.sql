@@ -182,7 +182,7 @@ CREATE INDEX IF NOT EXISTS identities_written_xid_idx ON streaming.identities (w
 
 -- Users deleted ("forget this user": `python -m stream_consumer users delete`, or a tombstone on
 -- user_profiles). Their rows are gone from every other streaming table; the marts drop them on the
--- next build; the consumer drops their events appended to Kafka before deleted_at (a rebuild's
+-- next build; the consumer drops their events appended to Kafka up to deleted_at (a rebuild's
 -- replay), and with suppress all their later events too. Survives a rebuild.
 CREATE TABLE IF NOT EXISTS streaming.deleted_users (
     user_id    bigint      PRIMARY KEY,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from common.contract import (
     DEFAULT_MAX_FUTURE_SKEW,
+    IDENTIFY,
     MAY_REPEAT_HEADER,
     Header,
     InvalidMessage,
@@ -76,6 +77,13 @@ class SessionRow:
     events: int
     purchases: int
     revenue_cents: int
+    # First touch: of the session's earliest event in the batch (an earlier one replaces all five);
+    # the referrer as sent, its host is read once per row at write time (store.first_touch_columns).
+    landing_page: str | None = None
+    referrer: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +263,14 @@ class Batch:
         self.id_times: list[float] = []
         self.known_ids: frozenset[EventKey] = frozenset()
         self.duplicates = 0
+        # Product analytics (store.write_product_tables): every counted event, in order, as four
+        # parallel lists (streaming.event_log's columns; four appends cost less than a tuple kept per
+        # event), and the latest time each (anonymous user_id, identified_user_id) pair was identified.
+        self.log_users: list[int] = []
+        self.log_times: list[dt.datetime] = []
+        self.log_types: list[str] = []
+        self.log_pages: list[str | None] = []
+        self.identities: dict[tuple[int, int], dt.datetime] = {}
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -325,6 +341,7 @@ class Batch:
             self.wall_clock = time.time()
         wall_latest = self.wall_clock + skew
         ids, known, id_keys, id_times = self.event_ids, self.known_ids, self.id_keys, self.id_times
+        log_users, log_times, log_types, log_pages = self.log_users, self.log_times, self.log_types, self.log_pages
         self.messages.extend(messages)
         for msg in messages:
             topic = msg.topic()
@@ -365,6 +382,12 @@ class Batch:
                 id_keys.append(id_key)
                 id_times.append(ts)
             self.events += 1
+            log_users.append(event.user_id)
+            log_times.append(at)
+            log_types.append(etype)
+            log_pages.append(event.page)
+            if etype == IDENTIFY:
+                self._identify(event.user_id, event.identified_user_id, at)
 
             row = user_events.get((event.user_id, etype))
             if row is None:
@@ -385,15 +408,51 @@ class Batch:
 
             srow = sessions.get((event.session_id, event.user_id))
             if srow is None:
-                sessions[(event.session_id, event.user_id)] = SessionRow(at, at, 1, int(purchase), cents)
+                sessions[(event.session_id, event.user_id)] = SessionRow(
+                    at,
+                    at,
+                    1,
+                    int(purchase),
+                    cents,
+                    event.page,
+                    event.referrer,
+                    event.utm_source,
+                    event.utm_medium,
+                    event.utm_campaign,
+                )
             else:
                 if at < srow.first_at:
                     srow.first_at = at
+                    srow.landing_page, srow.referrer = event.page, event.referrer
+                    srow.utm_source, srow.utm_medium, srow.utm_campaign = (
+                        event.utm_source,
+                        event.utm_medium,
+                        event.utm_campaign,
+                    )
                 elif at > srow.last_at:
                     srow.last_at = at
                 srow.events += 1
                 srow.purchases += purchase
                 srow.revenue_cents += cents
+
+    def _identify(self, anonymous_id: int, user_id: int | None, at: dt.datetime) -> None:
+        """An identify event: the pair keeps its latest time (the contract sets user_id on identify)."""
+        if user_id is None:
+            return
+        pair = (anonymous_id, user_id)
+        known = self.identities.get(pair)
+        if known is None or at > known:
+            self.identities[pair] = at
+
+    def last_seen(self) -> dict[int, dt.datetime]:
+        """Each user's latest occurred_at in the batch (streaming.user_last_seen), from user_events'
+        rows: nothing kept per event for it."""
+        seen: dict[int, dt.datetime] = {}
+        for (user_id, _), row in self.user_events.items():
+            at = seen.get(user_id)
+            if at is None or row.last_at > at:
+                seen[user_id] = row.last_at
+        return seen
 
     def minute_rows(self) -> list[tuple[dt.datetime, str, int, int]]:
         """The per-minute aggregates as (minute start in UTC, event_type, count, revenue in cents)."""

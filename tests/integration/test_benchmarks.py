@@ -14,6 +14,13 @@ from tests.support.ephemeral import ROOT
 NUMBER = r"[\d,.]+"
 
 BENCHMARKS = {
+    "active_users": (
+        ["--users", "100000", "--shares", "0.001", "0.01", "--runs", "3", "--no-trino"],
+        [
+            rf"active_users_now in Postgres, 100,000 users, 0\.1% active +median {NUMBER} ms, max {NUMBER} ms",
+            rf"active_users_now in Postgres, 100,000 users, 1\.0% active +median {NUMBER} ms, max {NUMBER} ms",
+        ],
+    ),
     "streaming": (
         ["--events", "20000", "--rss-events", "40000", "--steady-seconds", "3"]
         + ["--latency-seconds", "3", "--baseline-seconds", "2"],

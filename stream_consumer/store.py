@@ -57,9 +57,11 @@ WHERE o.consumer_group = %(group)s AND o.topic = v.topic AND o."partition" = v."
   AND o.next_offset = v.start_offset
 """
 
+# Timestamps (and sessions' uuids) as binary arrays (%b): psycopg's text form of an aware datetime
+# costs ten times more to dump (docs/benchmarks.md, "Consumer: the product-analytics tables").
 UPSERT_USER_EVENTS = """
 INSERT INTO streaming.user_events AS t (user_id, event_type, event_count, created_at, updated_at)
-SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[])
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %b::timestamptz[], %b::timestamptz[])
 ON CONFLICT (user_id, event_type) DO UPDATE SET
     event_count = t.event_count + excluded.event_count,
     created_at = least(t.created_at, excluded.created_at),
@@ -69,7 +71,7 @@ ON CONFLICT (user_id, event_type) DO UPDATE SET
 # Revenue travels in cents as numeric: a batch's sum of cents is not bounded by bigint.
 UPSERT_MINUTES = """
 INSERT INTO streaming.event_minutes AS t (minute, event_type, event_count, revenue)
-SELECT m, e, c, r / 100 FROM unnest(%s::timestamptz[], %s::text[], %s::bigint[], %s::numeric[]) AS v(m, e, c, r)
+SELECT m, e, c, r / 100 FROM unnest(%b::timestamptz[], %s::text[], %s::bigint[], %s::numeric[]) AS v(m, e, c, r)
 ON CONFLICT (minute, event_type) DO UPDATE SET
     event_count = t.event_count + excluded.event_count,
     revenue = t.revenue + excluded.revenue
@@ -82,7 +84,7 @@ INSERT INTO streaming.sessions AS t
     (session_id, user_id, first_event_at, last_event_at, event_count, purchase_count, revenue,
      landing_page, referrer_host, utm_source, utm_medium, utm_campaign)
 SELECT s, u, f, l, c, p, r / 100, lp, rh, us, um, uc
-FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[], %s::numeric[],
+FROM unnest(%b::uuid[], %s::bigint[], %b::timestamptz[], %b::timestamptz[], %s::bigint[], %s::bigint[], %s::numeric[],
             %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
      AS v(s, u, f, l, c, p, r, lp, rh, us, um, uc)
 ON CONFLICT (session_id, user_id) DO UPDATE SET
@@ -106,7 +108,7 @@ ON CONFLICT (session_id, user_id) DO UPDATE SET
 
 UPSERT_USERS = """
 INSERT INTO streaming.users AS t (user_id, name, email, country, signup_date, plan, updated_at)
-SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::date[], %s::text[], %s::timestamptz[])
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::date[], %s::text[], %b::timestamptz[])
 ON CONFLICT (user_id) DO UPDATE SET
     name = excluded.name, email = excluded.email, country = excluded.country,
     signup_date = excluded.signup_date, plan = excluded.plan, updated_at = excluded.updated_at

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from common.contract import (
     BIGINT_MAX,
     DEFAULT_MAX_FUTURE_SKEW,
+    IDENTIFY,
     MAY_REPEAT_HEADER,
     Header,
     InvalidMessage,
@@ -95,6 +96,13 @@ class SessionRow:
     events: int
     purchases: int
     revenue_cents: int
+    # First touch: of the session's earliest event in the batch (an earlier one replaces all five);
+    # the referrer as sent, its host is read once per row at write time (store.first_touch_columns).
+    landing_page: str | None = None
+    referrer: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,6 +289,14 @@ class Batch:
         self.deleted: DeletedUsers = NOBODY
         self.suppressed = 0
         self.tombstones: dict[int, int] = {}
+        # Product analytics (store.write_product_tables): every counted event, in order, as four
+        # parallel lists (streaming.event_log's columns; four appends cost less than a tuple kept per
+        # event), and the latest time each (anonymous user_id, identified_user_id) pair was identified.
+        self.log_users: list[int] = []
+        self.log_times: list[dt.datetime] = []
+        self.log_types: list[str] = []
+        self.log_pages: list[str | None] = []
+        self.identities: dict[tuple[int, int], dt.datetime] = {}
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -364,6 +380,7 @@ class Batch:
         wall_latest = self.wall_clock + skew
         ids, known, id_keys, id_times = self.event_ids, self.known_ids, self.id_keys, self.id_times
         deleted = self.deleted
+        log_users, log_times, log_types, log_pages = self.log_users, self.log_times, self.log_types, self.log_pages
         self.messages.extend(messages)
         for msg in messages:
             topic = msg.topic()
@@ -394,14 +411,15 @@ class Batch:
                 log.exception("failed on %s[%d]@%d; filing it as a dead letter", topic, msg.partition(), msg.offset())
                 self.dead_letter(msg, Reason.INTERNAL_ERROR, f"consumer error: {type(exc).__name__}: {exc}")
                 continue
+            uid = event.user_id
             if (
                 deleted
-                and (event.user_id in deleted or event.identified_user_id in deleted)
-                and self._drops(msg, event.user_id, event.identified_user_id)
+                and (uid in deleted or event.identified_user_id in deleted)
+                and self._drops(msg, uid, event.identified_user_id)
             ):
                 continue
             if may_repeat and ids is not None:
-                id_key = event.user_id << USER_SHIFT | event.event_id.int  # event_key(), inline
+                id_key = uid << USER_SHIFT | event.event_id.int  # event_key(), inline
                 seen = len(ids)
                 ids.add(id_key)
                 if len(ids) == seen or (known and id_key in known):
@@ -410,10 +428,16 @@ class Batch:
                 id_keys.append(id_key)
                 id_times.append(ts)
             self.events += 1
+            log_users.append(uid)
+            log_times.append(at)
+            log_types.append(etype)
+            log_pages.append(event.page)
+            if etype == IDENTIFY:
+                self._identify(uid, event.identified_user_id, at)
 
-            row = user_events.get((event.user_id, etype))
+            row = user_events.get((uid, etype))
             if row is None:
-                user_events[(event.user_id, etype)] = UserEventRow(1, at, at)
+                user_events[(uid, etype)] = UserEventRow(1, at, at)
             else:
                 row.events += 1
                 if at < row.first_at:
@@ -428,17 +452,53 @@ class Batch:
                 mrow.events += 1
                 mrow.revenue_cents += cents
 
-            srow = sessions.get((event.session_id, event.user_id))
+            srow = sessions.get((event.session_id, uid))
             if srow is None:
-                sessions[(event.session_id, event.user_id)] = SessionRow(at, at, 1, int(purchase), cents)
+                sessions[(event.session_id, uid)] = SessionRow(
+                    at,
+                    at,
+                    1,
+                    int(purchase),
+                    cents,
+                    event.page,
+                    event.referrer,
+                    event.utm_source,
+                    event.utm_medium,
+                    event.utm_campaign,
+                )
             else:
                 if at < srow.first_at:
                     srow.first_at = at
+                    srow.landing_page, srow.referrer = event.page, event.referrer
+                    srow.utm_source, srow.utm_medium, srow.utm_campaign = (
+                        event.utm_source,
+                        event.utm_medium,
+                        event.utm_campaign,
+                    )
                 elif at > srow.last_at:
                     srow.last_at = at
                 srow.events += 1
                 srow.purchases += purchase
                 srow.revenue_cents += cents
+
+    def _identify(self, anonymous_id: int, user_id: int | None, at: dt.datetime) -> None:
+        """An identify event: the pair keeps its latest time (the contract sets user_id on identify)."""
+        if user_id is None:
+            return
+        pair = (anonymous_id, user_id)
+        known = self.identities.get(pair)
+        if known is None or at > known:
+            self.identities[pair] = at
+
+    def last_seen(self) -> dict[int, dt.datetime]:
+        """Each user's latest occurred_at in the batch (streaming.user_last_seen), from user_events'
+        rows: nothing kept per event for it."""
+        seen: dict[int, dt.datetime] = {}
+        for (user_id, _), row in self.user_events.items():
+            at = seen.get(user_id)
+            if at is None or row.last_at > at:
+                seen[user_id] = row.last_at
+        return seen
 
     def minute_rows(self) -> list[tuple[dt.datetime, str, int, int]]:
         """The per-minute aggregates as (minute start in UTC, event_type, count, revenue in cents)."""

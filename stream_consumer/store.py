@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
+import re
 import struct
+import urllib.parse
 import uuid
 from collections.abc import Iterable
 
@@ -13,7 +16,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.adapt import Dumper
 
-from stream_consumer.batch import NOBODY, USER_SHIFT, Batch, DeletedUsers, EventKey, PartitionKey, event_key
+from stream_consumer.batch import NOBODY, USER_SHIFT, Batch, DeletedUsers, EventKey, PartitionKey, SessionRow, event_key
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +58,11 @@ WHERE o.consumer_group = %(group)s AND o.topic = v.topic AND o."partition" = v."
   AND o.next_offset = v.start_offset
 """
 
+# Timestamps (and sessions' uuids) as binary arrays (%b): psycopg's text form of an aware datetime
+# costs ten times more to dump (docs/benchmarks.md, "Consumer: the product-analytics tables").
 UPSERT_USER_EVENTS = """
 INSERT INTO streaming.user_events AS t (user_id, event_type, event_count, created_at, updated_at)
-SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[])
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %b::timestamptz[], %b::timestamptz[])
 ON CONFLICT (user_id, event_type) DO UPDATE SET
     event_count = t.event_count + excluded.event_count,
     created_at = least(t.created_at, excluded.created_at),
@@ -67,30 +72,44 @@ ON CONFLICT (user_id, event_type) DO UPDATE SET
 # Revenue travels in cents as numeric: a batch's sum of cents is not bounded by bigint.
 UPSERT_MINUTES = """
 INSERT INTO streaming.event_minutes AS t (minute, event_type, event_count, revenue)
-SELECT m, e, c, r / 100 FROM unnest(%s::timestamptz[], %s::text[], %s::bigint[], %s::numeric[]) AS v(m, e, c, r)
+SELECT m, e, c, r / 100 FROM unnest(%b::timestamptz[], %s::text[], %s::bigint[], %s::numeric[]) AS v(m, e, c, r)
 ON CONFLICT (minute, event_type) DO UPDATE SET
     event_count = t.event_count + excluded.event_count,
     revenue = t.revenue + excluded.revenue
 """
 
+# First touch (landing_page .. utm_campaign): of the earlier of the row's and the batch's earliest
+# events, all five together. SET reads the row as it was, so the CASEs see the old first_event_at.
 UPSERT_SESSIONS = """
 INSERT INTO streaming.sessions AS t
-    (session_id, user_id, first_event_at, last_event_at, event_count, purchase_count, revenue)
-SELECT s, u, f, l, c, p, r / 100
-FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[], %s::numeric[])
-     AS v(s, u, f, l, c, p, r)
+    (session_id, user_id, first_event_at, last_event_at, event_count, purchase_count, revenue,
+     landing_page, referrer_host, utm_source, utm_medium, utm_campaign)
+SELECT s, u, f, l, c, p, r / 100, lp, rh, us, um, uc
+FROM unnest(%b::uuid[], %s::bigint[], %b::timestamptz[], %b::timestamptz[], %s::bigint[], %s::bigint[], %s::numeric[],
+            %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
+     AS v(s, u, f, l, c, p, r, lp, rh, us, um, uc)
 ON CONFLICT (session_id, user_id) DO UPDATE SET
     first_event_at = least(t.first_event_at, excluded.first_event_at),
     last_event_at = greatest(t.last_event_at, excluded.last_event_at),
     event_count = t.event_count + excluded.event_count,
     purchase_count = t.purchase_count + excluded.purchase_count,
     revenue = t.revenue + excluded.revenue,
-    written_xid = pg_current_xact_id()
+    written_xid = pg_current_xact_id(),
+    landing_page = CASE WHEN excluded.first_event_at < t.first_event_at
+        THEN excluded.landing_page ELSE t.landing_page END,
+    referrer_host = CASE WHEN excluded.first_event_at < t.first_event_at
+        THEN excluded.referrer_host ELSE t.referrer_host END,
+    utm_source = CASE WHEN excluded.first_event_at < t.first_event_at
+        THEN excluded.utm_source ELSE t.utm_source END,
+    utm_medium = CASE WHEN excluded.first_event_at < t.first_event_at
+        THEN excluded.utm_medium ELSE t.utm_medium END,
+    utm_campaign = CASE WHEN excluded.first_event_at < t.first_event_at
+        THEN excluded.utm_campaign ELSE t.utm_campaign END
 """
 
 UPSERT_USERS = """
 INSERT INTO streaming.users AS t (user_id, name, email, country, signup_date, plan, updated_at)
-SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::date[], %s::text[], %s::timestamptz[])
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::date[], %s::text[], %b::timestamptz[])
 ON CONFLICT (user_id) DO UPDATE SET
     name = excluded.name, email = excluded.email, country = excluded.country,
     signup_date = excluded.signup_date, plan = excluded.plan, updated_at = excluded.updated_at
@@ -267,6 +286,10 @@ AGGREGATE_TABLES = (
     "dead_letter_events",
     "event_ids",
     "event_id_spans",
+    # product analytics; not streaming.deleted_users: a rebuild must not bring a deleted user back
+    "event_log",
+    "user_last_seen",
+    "identities",
 )
 
 
@@ -420,6 +443,7 @@ def write_aggregates(cur: psycopg.Cursor, batch: Batch, window: Window | None = 
                 [r.events for r in srows],
                 [r.purchases for r in srows],
                 [r.revenue_cents for r in srows],
+                *first_touch_columns(srows),
             ),
         )
     if batch.users:
@@ -452,7 +476,99 @@ def write_aggregates(cur: psycopg.Cursor, batch: Batch, window: Window | None = 
                 [x.raw_value_exact for x in d],
             ),
         )
+    write_product_tables(cur, batch)
     return batch
+
+
+# --- Product analytics: streaming.event_log, user_last_seen, identities, sessions' first touch ---
+
+# Every counted event, appended: COPY in binary (copy_event_log), written_xid by its default.
+COPY_EVENT_LOG = "COPY streaming.event_log (user_id, occurred_at, event_type, page) FROM STDIN (FORMAT binary)"
+EVENT_LOG_TYPES = ["int8", "timestamptz", "text", "text"]
+
+# Only a later time updates a row: no dead row for a user whose batch holds nothing newer. Arrays
+# in binary (%b): psycopg's text form of a timestamptz costs ten times more (docs/benchmarks.md).
+UPSERT_LAST_SEEN = """
+INSERT INTO streaming.user_last_seen AS t (user_id, last_seen_at)
+SELECT * FROM unnest(%b::bigint[], %b::timestamptz[])
+ON CONFLICT (user_id) DO UPDATE SET last_seen_at = excluded.last_seen_at
+WHERE excluded.last_seen_at > t.last_seen_at
+"""
+
+# A pair keeps its latest identify time; written_xid moves only when that changes (the marts read
+# the pairs written since their last build).
+UPSERT_IDENTITIES = """
+INSERT INTO streaming.identities AS t (anonymous_id, user_id, identified_at)
+SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::timestamptz[])
+ON CONFLICT (anonymous_id, user_id) DO UPDATE SET
+    identified_at = excluded.identified_at, written_xid = pg_current_xact_id()
+WHERE excluded.identified_at > t.identified_at
+"""
+
+
+def stored_text(text: str) -> str:
+    """`text` as Postgres text can hold it: NUL (which the contract lets through in a page) written
+    as the dead letters write it, `\\x00`."""
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
+
+
+def copy_event_log(cur: psycopg.Cursor, batch: Batch) -> None:
+    """Appends the batch's counted events to streaming.event_log: COPY's binary rows, which psycopg
+    formats in C (the cheapest way measured: docs/benchmarks.md). A page holding NUL, which Postgres
+    text cannot hold, fails the COPY (22021) in its savepoint, and the rows are copied again with
+    NUL escaped (stored_text): no per-row check on the way every batch takes."""
+    try:
+        with cur.connection.transaction(), cur.copy(COPY_EVENT_LOG) as copy:
+            copy.set_types(EVENT_LOG_TYPES)
+            write = copy.write_row
+            for row in zip(batch.log_users, batch.log_times, batch.log_types, batch.log_pages):
+                write(row)
+    except psycopg.errors.CharacterNotInRepertoire:
+        with cur.copy(COPY_EVENT_LOG) as copy:
+            copy.set_types(EVENT_LOG_TYPES)
+            pages = [None if page is None else stored_text(page) for page in batch.log_pages]
+            for row in zip(batch.log_users, batch.log_times, batch.log_types, pages):
+                copy.write_row(row)
+
+
+_AUTHORITY = re.compile("[/?#]")
+
+
+@functools.lru_cache(maxsize=4096)
+def referrer_host(referrer: str) -> str | None:
+    """The lowercase host of a referrer (the contract's absolute http(s) URL; no port, an IPv6
+    address without its brackets). A host urllib refuses (a stray `[`: the contract lets RFC 3986's
+    characters through) is kept as sent between `//` and the path, lowercased."""
+    try:
+        host = urllib.parse.urlsplit(referrer).hostname
+    except ValueError:
+        host = _AUTHORITY.split(referrer.partition("://")[2], 1)[0].lower()
+    return host or None
+
+
+def first_touch_columns(rows: Iterable[SessionRow]) -> tuple[list, ...]:
+    """landing_page, referrer_host, utm_source, utm_medium, utm_campaign of each session row."""
+    rows = list(rows)
+    return (
+        [None if r.landing_page is None else stored_text(r.landing_page) for r in rows],
+        [None if r.referrer is None else referrer_host(r.referrer) for r in rows],
+        [r.utm_source for r in rows],
+        [r.utm_medium for r in rows],
+        [r.utm_campaign for r in rows],
+    )
+
+
+def write_product_tables(cur: psycopg.Cursor, batch: Batch) -> None:
+    """The batch's counted events into streaming.event_log, its users' latest event times into
+    user_last_seen and its identify events into identities (sessions' first touch is in
+    UPSERT_SESSIONS), in the caller's transaction."""
+    if batch.log_users:
+        copy_event_log(cur, batch)
+        seen = batch.last_seen()
+        cur.execute(UPSERT_LAST_SEEN, (list(seen), list(seen.values())))
+    if batch.identities:
+        pairs = batch.identities
+        cur.execute(UPSERT_IDENTITIES, ([a for a, _ in pairs], [u for _, u in pairs], list(pairs.values())))
 
 
 def rotate_event_ids(dsn: str, window_seconds: float) -> int:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -95,6 +96,8 @@ class Sent:
     # (partition, offset) -> (user_id, event_type, cents) of every valid event: what a test that
     # loses or re-reads a range of a partition on purpose expects instead (`without`)
     at: dict = field(default_factory=dict)
+    # (partition, offset) -> Fields of every valid event: the product-analytics tables' oracle
+    fields: dict = field(default_factory=dict)
 
     def without(self, lost) -> Sent:
         """What the tables must show if the events at the (partition, offset)s `lost(p, o)` picks are not counted."""
@@ -104,7 +107,79 @@ class Sent:
                 kept.counts[(user, etype)] += 1
                 kept.revenue_cents += cents
                 kept.events += 1
+                kept.fields[(p, o)] = self.fields[(p, o)]
         return kept
+
+    def now_counted(self, partition: int, offset: int, value: bytes) -> None:
+        """The message at (partition, offset), a dead letter until now, is counted (a replay)."""
+        event = json.loads(value)
+        cents = 0 if event.get("amount") is None else round(event["amount"] * 100)
+        self.dead_letters.discard((partition, offset))
+        self.at[(partition, offset)] = (event["user_id"], event["event_type"], cents)
+        self.fields[(partition, offset)] = Fields.of(event)
+        self.counts[(event["user_id"], event["event_type"])] += 1
+        self.events += 1
+        self.revenue_cents += cents
+
+
+@dataclass(frozen=True)
+class Fields:
+    """What the product-analytics tables keep of an event (streaming.event_log, user_last_seen,
+    identities, sessions' first touch), the referrer as the host the consumer must store."""
+
+    user_id: int
+    occurred_at: dt.datetime
+    event_type: str
+    page: str | None
+    session_id: uuid.UUID
+    referrer_host: str | None
+    utm: tuple[str | None, str | None, str | None]
+    identified_user_id: int | None
+
+    @classmethod
+    def of(cls, event: dict) -> Fields:
+        referrer = event.get("referrer")
+        return cls(
+            event["user_id"],
+            dt.datetime.fromisoformat(event["occurred_at"]),
+            event["event_type"],
+            event.get("page"),
+            uuid.UUID(event["session_id"]),
+            None if referrer is None else REFERRER_HOSTS.get(referrer, _host_by_rule(referrer)),
+            (event.get("utm_source"), event.get("utm_medium"), event.get("utm_campaign")),
+            event.get("identified_user_id"),
+        )
+
+
+#: The referrers the harness sends, with the host the consumer must store (lowercase, no port).
+REFERRER_HOSTS = {
+    "https://www.Google.com/search?q=coffee": "www.google.com",
+    "http://news.example:8080/a/b#c": "news.example",
+    "https://[2001:DB8::1]/x": "2001:db8::1",
+}
+
+
+def _host_by_rule(referrer: str) -> str:
+    """A referrer's host as the contract describes it: between `//` and the first `/?#` or `:`."""
+    netloc = referrer.partition("://")[2]
+    for end in "/?#:":
+        netloc = netloc.split(end, 1)[0]
+    return netloc.lower()
+
+
+def enrich(rng: random.Random, event: dict) -> bool:
+    """Gives a share of the generator's events the product-analytics fields: a referrer and utm_*
+    on some, an identify of a known user instead on a few. Whether it changed the event."""
+    x = rng.random()
+    if x < 0.1:
+        event["referrer"] = rng.choice(list(REFERRER_HOSTS))
+        event["utm_source"] = rng.choice(["newsletter", "google", None])
+        event["utm_campaign"] = rng.choice(["spring sale", None])
+        return True
+    if x < 0.11:
+        event.update(event_type="identify", identified_user_id=rng.randint(1, 5), amount=None, product_id=None)
+        return True
+    return False
 
 
 class Pipeline:
@@ -177,6 +252,7 @@ class Pipeline:
         """Sends `events` messages (a share of them malformed) and waits until all are delivered;
         to `partitions` only if given (else by key, as any producer)."""
         rng = random.Random(seed)
+        touches = random.Random(seed + 1)  # its own sequence: the malformed messages stay those of the seed
         gen = EventGenerator(users, seed)
         sent = self.sent
         failures: list[str] = []
@@ -189,13 +265,14 @@ class Pipeline:
             }
         )
 
-        def delivered(err, msg, good: tuple | None) -> None:
+        def delivered(err, msg, good: tuple | None, fields: Fields | None) -> None:
             if err is not None:
                 failures.append(str(err))
             elif good is None:
                 sent.dead_letters.add((msg.partition(), msg.offset()))
             else:
                 sent.at[(msg.partition(), msg.offset())] = good
+                sent.fields[(msg.partition(), msg.offset())] = fields
 
         if profiles:
             for key, value in gen.profiles(dt.datetime.now(dt.UTC)):
@@ -209,11 +286,14 @@ class Pipeline:
                     producer.poll(0)
                     time.sleep(ahead)
             key, value = gen.event(time.time())
-            good = None
+            good = fields = None
             if rng.random() < malformed_share:
                 key, value, _ = malformed(rng, value)
             else:
                 event = json.loads(value)
+                if enrich(touches, event):
+                    value = json.dumps(event).encode()
+                fields = Fields.of(event)
                 cents = 0 if event["amount"] is None else round(event["amount"] * 100)
                 good = (event["user_id"], event["event_type"], cents)
                 sent.counts[good[:2]] += 1
@@ -229,7 +309,7 @@ class Pipeline:
                         value,
                         key,
                         headers=headers,
-                        on_delivery=lambda e, m, g=good: delivered(e, m, g),
+                        on_delivery=lambda e, m, g=good, f=fields: delivered(e, m, g, f),
                         **where,
                     )
                     break
@@ -261,6 +341,7 @@ class Pipeline:
             event = json.loads(value)
             cents = 0 if event.get("amount") is None else round(event["amount"] * 100)
             sent.at[(msg.partition(), msg.offset())] = (event["user_id"], event["event_type"], cents)
+            sent.fields[(msg.partition(), msg.offset())] = Fields.of(event)
             sent.counts[(event["user_id"], event["event_type"])] += 1
             sent.events += 1
             sent.revenue_cents += cents
@@ -378,6 +459,45 @@ class Pipeline:
         assert (int(minutes or 0), int(round((revenue or 0) * 100))) == (sent.events, sent.revenue_cents)
         [(sessions, session_revenue)] = self.query("SELECT sum(event_count), sum(revenue) FROM streaming.sessions")
         assert (int(sessions or 0), int(round((session_revenue or 0) * 100))) == (sent.events, sent.revenue_cents)
+        self.assert_product_tables(sent)
+
+    def assert_product_tables(self, sent: Sent) -> None:
+        """streaming.event_log holds one row per delivered event, and user_last_seen, identities and
+        sessions' first touch are what the events say (a session's earliest event; of events at the
+        same time, any one: several partitions may hold a session's events, in no order between them)."""
+        events = list(sent.fields.values())
+        log = Counter(self.query("SELECT user_id, occurred_at, event_type, page FROM streaming.event_log"))
+        want = Counter((f.user_id, f.occurred_at, f.event_type, f.page) for f in events)
+        assert log == want, (
+            f"event_log holds {sum(log.values()):,} rows for {len(events):,} events: "
+            f"{sum((log - want).values())} too many, {sum((want - log).values())} missing"
+        )
+        last_seen: dict[int, dt.datetime] = {}
+        identities: dict[tuple[int, int], dt.datetime] = {}
+        firsts: dict[tuple[uuid.UUID, int], list[Fields]] = {}
+        for f in events:
+            last_seen[f.user_id] = max(last_seen.get(f.user_id, f.occurred_at), f.occurred_at)
+            if f.identified_user_id is not None:
+                pair = (f.user_id, f.identified_user_id)
+                identities[pair] = max(identities.get(pair, f.occurred_at), f.occurred_at)
+            first = firsts.setdefault((f.session_id, f.user_id), [f])
+            if f.occurred_at < first[0].occurred_at:
+                firsts[(f.session_id, f.user_id)] = [f]
+            elif f.occurred_at == first[0].occurred_at and f is not first[0]:
+                first.append(f)
+        assert dict(self.query("SELECT user_id, last_seen_at FROM streaming.user_last_seen")) == last_seen
+        rows = self.query("SELECT anonymous_id, user_id, identified_at FROM streaming.identities")
+        assert {(a, u): at for a, u, at in rows} == identities
+        touch = self.query(
+            "SELECT session_id, user_id, landing_page, referrer_host, utm_source, utm_medium, utm_campaign "
+            "FROM streaming.sessions"
+        )
+        wrong = [
+            (s, u, *rest)
+            for s, u, *rest in touch
+            if tuple(rest) not in {(f.page, f.referrer_host, *f.utm) for f in firsts.get((s, u), [])}
+        ]
+        assert len(touch) == len(firsts) and not wrong, f"{len(wrong)} sessions' first touch wrong: {wrong[:3]}"
 
 
 def sigkill(proc: subprocess.Popen) -> None:

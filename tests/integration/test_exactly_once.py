@@ -83,16 +83,32 @@ def test_rebuild_from_the_topic_gives_identical_aggregates(pipeline: Pipeline):
     pipeline.start_consumer()
     pipeline.produce(events=30_000, malformed_share=0.01, seed=16)
     pipeline.wait_until_consumed()
-    # every column but sessions' written_xid: the id of the transaction that wrote the row, new after a rebuild
-    sessions = "session_id, user_id, first_event_at, last_event_at, event_count, purchase_count, revenue"
-    tables = {"user_events": "*", "event_minutes": "*", "sessions": sessions, "users": "*"}
-    before = {t: pipeline.query(f"SELECT {cols} FROM streaming.{t} ORDER BY 1, 2") for t, cols in tables.items()}
+    # every column but written_xid: the id of the transaction that wrote the row, new after a rebuild
+    sessions = (
+        "session_id, user_id, first_event_at, last_event_at, event_count, purchase_count, revenue, "
+        "landing_page, referrer_host, utm_source, utm_medium, utm_campaign"
+    )
+    tables = {
+        "user_events": "*",
+        "event_minutes": "*",
+        "sessions": sessions,
+        "users": "*",
+        "event_log": "user_id, occurred_at, event_type, page",
+        "user_last_seen": "*",
+        "identities": "anonymous_id, user_id, identified_at",
+    }
+    with psycopg.connect(pipeline.dsn, autocommit=True) as conn:  # a deleted user stays deleted
+        conn.execute("INSERT INTO streaming.deleted_users (user_id) VALUES (987654321)")
+    before = {t: sorted(pipeline.query(f"SELECT {cols} FROM streaming.{t}"), key=repr) for t, cols in tables.items()}
     dead_before = pipeline.query('SELECT "partition", "offset", error FROM streaming.dead_letter_events ORDER BY 1, 2')
     rebuild = pipeline.start_consumer("rebuild")
     assert rebuild.wait(timeout=120) == 0
     pipeline.wait_until_consumed()
-    after = {t: pipeline.query(f"SELECT {cols} FROM streaming.{t} ORDER BY 1, 2") for t, cols in tables.items()}
+    after = {t: sorted(pipeline.query(f"SELECT {cols} FROM streaming.{t}"), key=repr) for t, cols in tables.items()}
     assert after == before and all(before.values())
+    assert pipeline.query("SELECT user_id FROM streaming.deleted_users WHERE user_id = 987654321") == [(987654321,)]
+    with psycopg.connect(pipeline.dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM streaming.deleted_users WHERE user_id = 987654321")
     assert (
         pipeline.query('SELECT "partition", "offset", error FROM streaming.dead_letter_events ORDER BY 1, 2')
         == dead_before

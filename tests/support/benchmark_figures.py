@@ -9,6 +9,13 @@ import re
 NUMBER = r"[\d,.]+"
 
 BENCHMARKS = {
+    "active_users": (
+        ["--users", "100000", "--shares", "0.001", "0.01", "--runs", "3", "--no-trino"],
+        [
+            rf"active_users_now in Postgres, 100,000 users, 0\.1% active +median {NUMBER} ms, max {NUMBER} ms",
+            rf"active_users_now in Postgres, 100,000 users, 1\.0% active +median {NUMBER} ms, max {NUMBER} ms",
+        ],
+    ),
     "streaming": (
         ["--events", "5000", "--rss-events", "10000", "--steady-seconds", "2"]
         + ["--latency-seconds", "2", "--baseline-seconds", "1"],

@@ -35,7 +35,15 @@ BROWSER_USER_AGENT = (
 
 #: The consumer's tables of aggregates (what a test truncates between runs); the dead letters,
 #: event ids and offsets are listed where a test needs them too.
-STREAMING_TABLES = ("streaming.user_events", "streaming.event_minutes", "streaming.sessions", "streaming.users")
+STREAMING_TABLES = (
+    "streaming.user_events",
+    "streaming.event_minutes",
+    "streaming.sessions",
+    "streaming.users",
+    "streaming.event_log",
+    "streaming.user_last_seen",
+    "streaming.identities",
+)
 
 
 def rfc3339(at: dt.datetime, timespec: str = "auto") -> str:

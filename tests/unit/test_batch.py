@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from common.contract import MAY_REPEAT_HEADER, Reason
 from stream_consumer.batch import Batch, Record, SessionRow, UserEventRow, event_key
+from stream_consumer.store import referrer_host, stored_text
 from tests.support import events
 from tests.support.strategies import (
     edge_values,
@@ -18,6 +19,7 @@ from tests.support.strategies import (
     is_contract_utm,
     is_user_id,
     json_values,
+    urls,
 )
 
 APPENDED = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
@@ -444,3 +446,194 @@ def test_without_a_dedup_window_every_copy_counts():
     msg = event()
     batch = batch_of(msg, with_id(msg, json.loads(msg.value())["event_id"], 1))
     assert (batch.events, batch.duplicates, batch.event_ids) == (2, 0, None)
+
+
+# --- product analytics: event_log, user_last_seen, identities, sessions' first touch --------------
+
+SESSIONS = [S1, S2]
+PAGES = ["/", "/products/1", None]
+REFERRERS = ["https://www.Google.com/search?q=x", "http://news.example:8080/a", None]
+UTMS = ["google", "spring sale", None]
+T0 = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
+
+
+@st.composite
+def product_events(draw) -> dict:
+    """An event of user 1-3 in one of two sessions at one of a few times (ties likely), with or
+    without each first-touch field; an identify names one of three known users."""
+    event_type = draw(st.sampled_from(["view", "click", "identify"]))
+    fields = {
+        "page": draw(st.sampled_from(PAGES)),
+        "referrer": draw(st.sampled_from(REFERRERS)),
+        "utm_source": draw(st.sampled_from(UTMS)),
+        "utm_medium": draw(st.sampled_from(UTMS)),
+        "utm_campaign": draw(st.sampled_from(UTMS)),
+    }
+    if event_type == "identify":
+        fields["identified_user_id"] = draw(st.integers(100, 102))
+    at = T0 + dt.timedelta(seconds=draw(st.integers(0, 5)), microseconds=draw(st.sampled_from([0, 1, 999_999])))
+    body = events.event(
+        draw(st.integers(1, 3)), event_type, session_id=draw(st.sampled_from(SESSIONS)), occurred_at=at, **fields
+    )
+    return {k: v for k, v in body.items() if v is not None}
+
+
+TOUCH = ("page", "referrer", "utm_source", "utm_medium", "utm_campaign")
+
+
+def oracle(bodies: list[dict]) -> dict:
+    """The product-analytics tables the events make, whatever the batches: written as rules."""
+    log, last_seen, identities, touch = [], {}, {}, {}
+    for e in bodies:
+        user, at = e["user_id"], ts(e["occurred_at"])
+        log.append((user, at, e["event_type"], e.get("page")))
+        last_seen[user] = max(last_seen.get(user, at), at)
+        if e["event_type"] == "identify":
+            pair = (user, e["identified_user_id"])
+            identities[pair] = max(identities.get(pair, at), at)
+        key = (uuid.UUID(e["session_id"]), user)
+        if key not in touch or at < touch[key][0]:  # the earliest; of equal times, the first to arrive
+            touch[key] = (at, *(e.get(f) for f in TOUCH))
+    return {"log": sorted(log, key=repr), "last_seen": last_seen, "identities": identities, "touch": touch}
+
+
+def fold(batches: list[Batch]) -> dict:
+    """The tables after each batch's rows were written as store.py's statements write them: appended,
+    the greater time kept, a session's first touch replaced by an earlier batch's."""
+    log, last_seen, identities, touch = [], {}, {}, {}
+    for b in batches:
+        log += zip(b.log_users, b.log_times, b.log_types, b.log_pages)
+        for user, at in b.last_seen().items():
+            last_seen[user] = max(last_seen.get(user, at), at)
+        for pair, at in b.identities.items():
+            identities[pair] = max(identities.get(pair, at), at)
+        for key, row in b.sessions.items():
+            if key not in touch or row.first_at < touch[key][0]:
+                touch[key] = (
+                    row.first_at,
+                    row.landing_page,
+                    row.referrer,
+                    row.utm_source,
+                    row.utm_medium,
+                    row.utm_campaign,
+                )
+    return {"log": sorted(log, key=repr), "last_seen": last_seen, "identities": identities, "touch": touch}
+
+
+@settings(max_examples=300)
+@given(bodies=st.lists(product_events(), max_size=25), data=st.data())
+def test_any_split_into_batches_gives_the_tables_of_the_whole_sequence(bodies, data):
+    """Any split of a sequence of events into batches writes one event_log row per event, each
+    user's latest time, each identified pair's latest time and each session's earliest event's first
+    touch (late earlier events replace it, ties keep the first): what the whole sequence says."""
+    msgs = [Msg(events.encode(b), events.key(b), offset=i) for i, b in enumerate(bodies)]
+    cuts = sorted(data.draw(st.sets(st.integers(0, len(msgs)), max_size=5)))
+    batches = [batch_of(*msgs[a:b]) for a, b in zip([0, *cuts], [*cuts, len(msgs)])]
+    assert not any(b.dead_letters for b in batches)
+    assert fold(batches) == oracle(bodies)
+
+
+def test_event_log_keeps_each_counted_event_and_no_dead_letter():
+    b = batch_of(
+        with_fields(0, page="/a"), Msg(b"{oops", b"1", offset=1), with_fields(2, "click"), with_fields(3, page="/b")
+    )
+    assert list(zip(b.log_users, b.log_types, b.log_pages)) == [
+        (1, "view", "/a"),
+        (1, "click", None),
+        (1, "view", "/b"),
+    ]
+    assert b.log_times == [ts("2026-11-22T10:00:30Z")] * 3
+
+
+def test_a_duplicate_dropped_by_the_dedup_window_gets_no_event_log_row():
+    msg = with_fields(0, page="/once")
+    first, copy = with_id(msg, IDS[0], 0), with_id(msg, IDS[0], 1)
+    batch = Batch("user_events", "user_profiles", 65536, dedup_window=60)
+    batch.add([first, copy, with_id(msg, IDS[1], 2)])
+    assert (batch.events, batch.log_pages) == (2, ["/once", "/once"])
+    # counted by an earlier batch within the window: rebuilt without it, and without its row
+    again = batch.deduplicated({key(IDS[0], 1)})
+    assert (again.events, again.log_users, again.log_pages) == (1, [1], ["/once"])
+
+
+def test_halves_keep_each_event_log_row_with_its_event():
+    msgs = [with_fields(i, page=f"/{i}") for i in range(7)] + [Msg(b"bad", b"1", offset=7)]
+    whole = batch_of(*msgs)
+    first, second = whole.halves()
+    assert first.log_pages + second.log_pages == whole.log_pages == [f"/{i}" for i in range(7)]
+    assert len(first.log_users) == first.events and len(second.log_users) == second.events
+
+
+def test_identify_keeps_each_pairs_latest_time_and_only_identify_events_make_pairs():
+    def identify(offset, known, at):
+        body = events.event(5, "identify", session_id=S1, occurred_at=at, identified_user_id=known)
+        return Msg(events.encode(body), b"5", offset=offset)
+
+    b = batch_of(
+        identify(0, 9, "2026-11-22T10:00:05Z"),
+        identify(1, 9, "2026-11-22T10:00:01Z"),  # an earlier identify of the same pair, arriving late
+        identify(2, 8, "2026-11-22T10:00:03Z"),
+        with_fields(3),
+    )
+    assert b.identities == {(5, 9): ts("2026-11-22T10:00:05Z"), (5, 8): ts("2026-11-22T10:00:03Z")}
+
+
+def test_a_late_earlier_event_replaces_the_sessions_whole_first_touch():
+    def touch(offset, at, **fields):
+        body = events.event(1, "view", session_id=S1, occurred_at=at, **fields)
+        return Msg(events.encode(body), b"1", offset=offset)
+
+    b = batch_of(
+        touch(0, "2026-11-22T10:00:10Z", page="/a", referrer="https://a.example/", utm_source="x", utm_campaign="c"),
+        touch(1, "2026-11-22T10:00:20Z", page="/b", referrer="https://b.example/", utm_medium="m"),
+        touch(2, "2026-11-22T10:00:05Z", page="/landing"),  # earlier, without referrer or utm: all five go
+    )
+    row = b.sessions[(uuid.UUID(S1), 1)]
+    assert (row.landing_page, row.referrer, row.utm_source, row.utm_medium, row.utm_campaign) == (
+        "/landing",
+        None,
+        None,
+        None,
+        None,
+    )
+    assert (row.first_at, row.last_at, row.events) == (ts("2026-11-22T10:00:05Z"), ts("2026-11-22T10:00:20Z"), 3)
+
+
+def test_last_seen_is_each_users_latest_event_whatever_its_type():
+    b = batch_of(
+        event(user_id=1, at="2026-11-22T10:00:30Z"),
+        event(user_id=1, event_type="click", at="2026-11-22T10:02:00Z", offset=1),
+        event(user_id=1, at="2026-11-22T10:01:00Z", offset=2),
+        event(user_id=2, at="2026-11-22T09:00:00Z", offset=3),
+    )
+    assert b.last_seen() == {1: ts("2026-11-22T10:02:00Z"), 2: ts("2026-11-22T09:00:00Z")}
+
+
+@settings(max_examples=500)
+@given(st.one_of(urls, st.sampled_from(["https://[]/", "https://a[b/", "https://[::1]:80/", "HTTP://X"])))
+def test_any_contract_referrer_has_a_lowercase_host_and_never_raises(url):
+    """store.referrer_host on whatever the contract takes as a referrer: a host, lowercase, without
+    port, path, query or fragment; a name[:port] split at its first colon, as the contract reads it."""
+    if not is_contract_url(url):
+        return
+    host = referrer_host(url)
+    rule = url.partition("://")[2]
+    for end in "/?#":
+        rule = rule.split(end, 1)[0]
+    assert host is None or (host == host.lower() and not set(host) & set("/?#@"))
+    if host is not None and "[" not in rule and "]" not in rule:
+        assert host == rule.partition(":")[0].lower()
+
+
+def test_referrer_hosts_as_a_traffic_source_names_them():
+    assert [
+        referrer_host(u) for u in ["https://WWW.Google.com/search?q=a", "http://[::1]:8080/", "https://a.b:99#x"]
+    ] == [
+        "www.google.com",
+        "::1",
+        "a.b",
+    ]
+
+
+def test_stored_text_escapes_nul_as_dead_letters_do_and_leaves_the_rest():
+    assert (stored_text("/a\x00b"), stored_text("/é?x=1")) == ("/a\\x00b", "/é?x=1")

@@ -262,3 +262,11 @@ ALTER TABLE streaming.sessions SET (
     autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.02);
 ALTER TABLE streaming.consumer_offsets SET (
     fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 200);
+-- user_last_seen: each batch moves its users' rows (last_seen_at, an indexed column: no HOT update,
+-- so no fillfactor); vacuum after a small absolute number of dead rows, as sessions.
+ALTER TABLE streaming.user_last_seen SET (
+    autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 5000, autovacuum_analyze_scale_factor = 0.02);
+-- event_log is appended only: its BRIN summarizes each page range as it fills (autosummarize)
+-- rather than at the next vacuum, which an append-only table gets only at 20% growth: until then the
+-- newest ranges, those the marts read, would be read whole by every query on occurred_at.
+ALTER INDEX streaming.event_log_occurred_at_brin SET (autosummarize = on);

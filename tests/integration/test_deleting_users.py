@@ -100,13 +100,14 @@ def test_deleted_users_leave_no_row_in_any_streaming_table_and_the_others_keep_t
     pipeline.produce(events=5_000, malformed_share=0.02, seed=41, users=20)
     pipeline.produce_raw([(b"7", b"{broken", False), (b"8", b"{broken", False), (b"9", b"{broken", False)])
     pipeline.wait_until_consumed()
-    # The tables the consumer of issue 19 writes (event_log, user_last_seen, identities) as it
-    # would: the anonymous id 900007 was identified as user 7, 900009 as user 9.
+    # More rows of the tables the consumer writes for product analytics (event_log, user_last_seen,
+    # identities): the anonymous id 900007 was identified as user 7, 900009 as user 9.
     owner(
         pipeline,
         """INSERT INTO streaming.event_log (user_id, occurred_at, event_type, page)
            SELECT u, now(), 'view', '/' FROM unnest(ARRAY[7, 8, 9, 900007, 900009]) AS u;
-           INSERT INTO streaming.user_last_seen SELECT u, now() FROM unnest(ARRAY[7, 8, 9, 900007, 900009]) AS u;
+           INSERT INTO streaming.user_last_seen SELECT u, now() FROM unnest(ARRAY[7, 8, 9, 900007, 900009]) AS u
+               ON CONFLICT DO NOTHING;
            INSERT INTO streaming.identities (anonymous_id, user_id, identified_at)
            VALUES (900007, 7, now()), (900009, 9, now())""",
     )

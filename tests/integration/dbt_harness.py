@@ -359,9 +359,10 @@ class Product:
 
     def write(self, new_events: list[Event]) -> None:
         self.streaming.write(new_events)
-        with psycopg.connect(self.dsn) as conn, conn.cursor().copy(
-            "COPY streaming.event_log (user_id, occurred_at, event_type) FROM STDIN"
-        ) as copy:
+        with (
+            psycopg.connect(self.dsn) as conn,
+            conn.cursor().copy("COPY streaming.event_log (user_id, occurred_at, event_type) FROM STDIN") as copy,
+        ):
             for e in new_events:
                 copy.write_row((e.user_id, e.occurred_at, e.event_type))
         self.live += new_events
@@ -517,14 +518,23 @@ def expected_retention_cohorts(evs: list[Event], pairs: dict) -> dict[tuple[dt.d
 
 
 PRODUCT_MART_QUERIES = {
-    "funnel_progress": ("SELECT funnel, user_id, furthest_step, step_1_at, step_2_at, step_3_at "
-                        "FROM analytics.funnel_progress", 2),
-    "funnel_conversion": ("SELECT funnel, step_number, step, users, share_of_first_step, "
-                          "median_seconds_from_previous FROM analytics.funnel_conversion", 2),
-    "daily_active_users": ("SELECT activity_date, active_users, new_users, sessions, events "
-                           "FROM analytics.daily_active_users", 1),
-    "retention_cohorts": ("SELECT cohort_date, day_number, cohort_users, active_users, retention "
-                          "FROM analytics.retention_cohorts", 2),
+    "funnel_progress": (
+        "SELECT funnel, user_id, furthest_step, step_1_at, step_2_at, step_3_at FROM analytics.funnel_progress",
+        2,
+    ),
+    "funnel_conversion": (
+        "SELECT funnel, step_number, step, users, share_of_first_step, "
+        "median_seconds_from_previous FROM analytics.funnel_conversion",
+        2,
+    ),
+    "daily_active_users": (
+        "SELECT activity_date, active_users, new_users, sessions, events FROM analytics.daily_active_users",
+        1,
+    ),
+    "retention_cohorts": (
+        "SELECT cohort_date, day_number, cohort_users, active_users, retention FROM analytics.retention_cohorts",
+        2,
+    ),
 }
 
 

@@ -15,6 +15,7 @@
             {'columns': ['counted_under', 'activity_date']},
             {'columns': ['activity_date']},
             {'columns': ['moved_xid']},
+            {'columns': ['build_xid']},
         ],
         pre_hook="{{ prepare_activity_changes() }}"
     )

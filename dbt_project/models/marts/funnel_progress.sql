@@ -23,7 +23,11 @@
         materialized='incremental',
         unique_key=['funnel', 'user_id'],
         incremental_strategy='merge',
-        indexes=[{'columns': ['funnel', 'user_id'], 'unique': True}, {'columns': ['user_id']}],
+        indexes=[
+            {'columns': ['funnel', 'user_id'], 'unique': True},
+            {'columns': ['user_id']},
+            {'columns': ['build_xid']},
+        ],
         pre_hook=["{{ take_activity_recounts('users', 'user_id') }}", "{{ delete_pending_rows('user_id') }}"],
         post_hook="{{ clear_activity_recounts('users') }}"
     )

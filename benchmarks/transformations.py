@@ -147,7 +147,7 @@ def seed_event_log(conn: psycopg.Connection, events: int, users: int, minutes: i
                SELECT 1 + (hashint8(i) & 2147483647) %% %(users)s,
                       now() - make_interval(secs => (%(events)s - i)::float8 * %(span)s / %(events)s),
                       CASE WHEN r < %(view)s THEN 'view' WHEN r < %(click)s THEN 'click' ELSE 'purchase' END
-               FROM generate_series(%(first)s, %(last)s) AS i,
+               FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i,
                     LATERAL (SELECT ((hashint8(-i) & 65535) / 65536.0)::float8) AS x(r)""",
             {
                 "users": users,
@@ -162,7 +162,7 @@ def seed_event_log(conn: psycopg.Connection, events: int, users: int, minutes: i
     known = max(1, int(users * (1 - ANONYMOUS_SHARE)))
     conn.execute(
         """INSERT INTO streaming.identities (anonymous_id, user_id, identified_at)
-           SELECT a, 1 + a %% %s, now() - make_interval(mins => a %% %s) FROM generate_series(%s, %s) AS a""",
+           SELECT a, 1 + a %% %s, now() - make_interval(mins => (a %% %s)::int) FROM generate_series(%s::bigint, %s::bigint) AS a""",
         (known, minutes, known + 1, users),
     )
 

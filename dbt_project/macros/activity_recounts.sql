@@ -193,3 +193,53 @@ where {{ written_since_last_build() }}
 select 'full build: every day is counted'
 {%- endif %}
 {% endmacro %}
+
+{#- funnel_progress' pre-hook, in its incremental builds: the time intervals to read (each new event
+    since its last build, and each row of an id moved to another user since, widened by the longest
+    funnel window, merged into disjoint intervals across users) and the ids of the users they
+    concern, as analyzed temporary tables, so that the model reads event_log by BRIN per interval. -#}
+{% macro prepare_funnel_intervals() %}
+{%- if is_incremental() %}
+{%- set minutes = var('funnels').values() | map(attribute='window_minutes') | max %}
+{%- set window = "interval '" ~ minutes ~ " minutes'" %}
+create temporary table funnel_spans on commit drop as
+with new_events as (
+    select user_id, occurred_at from {{ source('streaming', 'event_log') }}
+    where {{ written_since_last_build() }}
+),
+new_ids as (
+    select user_id, {{ canonical_user('ids.user_id') }} as canonical_id
+    from (select distinct user_id from new_events) as ids
+)
+select new_ids.canonical_id, e.occurred_at - {{ window }} as lo, e.occurred_at + {{ window }} as hi
+from new_events as e join new_ids using (user_id)
+union all
+select counted_under, first_event_at - {{ window }}, last_event_at + {{ window }}
+from {{ ref('int_user_activity_days') }}
+where moved_xid >= coalesce({{ last_build_watermark(this) }}, 0);
+
+create temporary table funnel_intervals on commit drop as
+select part, min(lo) as lo, max(hi) as hi
+from (
+    select lo, hi, count(*) filter (where starts) over (order by lo, hi rows unbounded preceding) as part
+    from (
+        select lo, hi,
+            lo > max(hi) over (order by lo, hi rows between unbounded preceding and 1 preceding) is not false
+                as starts
+        from funnel_spans
+    ) as s
+) as islands
+group by part;
+
+-- every id counted under a user with a span
+create temporary table funnel_gainer_ids on commit drop as
+select distinct a.user_id, a.counted_under as canonical_id
+from {{ ref('int_user_activity_days') }} as a
+where a.counted_under in (select canonical_id from funnel_spans);
+
+analyze funnel_intervals;
+analyze funnel_gainer_ids
+{%- else %}
+select 'full build: every event is read'
+{%- endif %}
+{% endmacro %}

@@ -19,7 +19,7 @@
 
 with
 
-activity as (
+activity as not materialized (
 
     select * from {{ ref('int_user_activity_days') }}
 

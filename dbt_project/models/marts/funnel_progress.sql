@@ -28,7 +28,11 @@
             {'columns': ['user_id']},
             {'columns': ['build_xid']},
         ],
-        pre_hook=["{{ take_activity_recounts('users', 'user_id') }}", "{{ delete_pending_rows('user_id') }}"],
+        pre_hook=[
+            "{{ take_activity_recounts('users', 'user_id') }}",
+            "{{ delete_pending_rows('user_id') }}",
+            "{{ prepare_funnel_intervals() }}",
+        ],
         post_hook="{{ clear_activity_recounts('users') }}"
     )
 }}
@@ -37,7 +41,7 @@ with
 
 {% if is_incremental() %}
 
-activity as (
+activity as not materialized (
 
     select * from {{ ref('int_user_activity_days') }}
 
@@ -51,62 +55,9 @@ recount_events as (
     cross join lateral (
         select occurred_at, event_type from {{ source('streaming', 'event_log') }} as e
         where e.occurred_at between a.first_event_at and a.last_event_at and e.user_id = a.user_id
+        offset 0  -- a BRIN range per activity day, not one scan of the whole log
     ) as e
     where a.counted_under in (select key from pending_recounts)
-
-),
-
-new_events as (
-
-    select user_id, occurred_at from {{ source('streaming', 'event_log') }}
-    where {{ written_since_last_build() }}
-
-),
-
-new_ids as (
-
-    select user_id, {{ canonical_user('ids.user_id') }} as canonical_id
-    from (select distinct user_id from new_events) as ids
-
-),
-
--- Each new event, and each row of an id moved to another user since, widened by the window.
-spans as (
-
-    select new_ids.canonical_id, e.occurred_at - {{ window }} as lo, e.occurred_at + {{ window }} as hi
-    from new_events as e join new_ids using (user_id)
-    union all
-    select counted_under, first_event_at - {{ window }}, last_event_at + {{ window }}
-    from activity
-    where moved_xid >= coalesce({{ last_build_watermark(this) }}, 0)
-
-),
-
--- The spans merged into disjoint intervals (across users: each interval is read once).
-islands as (
-
-    select lo, hi,
-        count(*) filter (where starts) over (order by lo, hi rows unbounded preceding) as part
-    from (
-        select lo, hi,
-            lo > max(hi) over (order by lo, hi rows between unbounded preceding and 1 preceding) is not false
-                as starts
-        from spans
-    ) as s
-
-),
-
-intervals as (
-
-    select part, min(lo) as lo, max(hi) as hi from islands group by part
-
-),
-
-gainer_ids as (
-
-    select distinct a.user_id, a.counted_under as canonical_id
-    from activity as a
-    where a.counted_under in (select canonical_id from spans)
 
 ),
 
@@ -114,12 +65,13 @@ gainer_ids as (
 gain_events as (
 
     select g.canonical_id, i.part, e.occurred_at, e.event_type
-    from intervals as i
+    from funnel_intervals as i
     cross join lateral (
         select user_id, occurred_at, event_type from {{ source('streaming', 'event_log') }} as e
         where e.occurred_at between i.lo and i.hi
+        offset 0  -- a BRIN range per interval
     ) as e
-    join gainer_ids as g on g.user_id = e.user_id
+    join funnel_gainer_ids as g on g.user_id = e.user_id
 
 ),
 

@@ -16,7 +16,7 @@
 
 with
 
-activity as (
+activity as not materialized (
 
     select * from {{ ref('int_user_activity_days') }}
 
@@ -27,12 +27,12 @@ activity as (
 -- the users first active on a queued date
 members as (
 
-    select distinct pending.key as cohort_date, activity.counted_under as user_id
-    from pending_recounts as pending
-    join activity on activity.activity_date = pending.key
+    select distinct pending.cohort_date, activity.counted_under as user_id
+    from (select distinct key as cohort_date from pending_recounts) as pending
+    join activity on activity.activity_date = pending.cohort_date
     where not exists (
         select from activity as earlier
-        where earlier.counted_under = activity.counted_under and earlier.activity_date < pending.key
+        where earlier.counted_under = activity.counted_under and earlier.activity_date < pending.cohort_date
     )
 
 ),

@@ -32,6 +32,7 @@
             "{{ take_activity_recounts('users', 'user_id') }}",
             "{{ delete_pending_rows('user_id') }}",
             "{{ prepare_funnel_intervals() }}",
+            "set local enable_mergejoin = off",
         ],
         post_hook="{{ clear_activity_recounts('users') }}"
     )
@@ -107,9 +108,10 @@ nexts as (
         min(occurred_at) filter (where event_type = '{{ t }}') over later as next_{{ loop.index }}
         {%- endfor %}
     from events
+    -- descending, the frame only grows: a running minimum, not one recomputed per row
     window later as (
-        partition by canonical_id, part order by occurred_at
-        range between interval '1 microsecond' following and unbounded following
+        partition by canonical_id, part order by occurred_at desc
+        range between unbounded preceding and interval '1 microsecond' preceding
     )
 
 ),

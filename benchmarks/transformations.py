@@ -162,7 +162,8 @@ def seed_event_log(conn: psycopg.Connection, events: int, users: int, minutes: i
     known = max(1, int(users * (1 - ANONYMOUS_SHARE)))
     conn.execute(
         """INSERT INTO streaming.identities (anonymous_id, user_id, identified_at)
-           SELECT a, 1 + a %% %s, now() - make_interval(mins => (a %% %s)::int) FROM generate_series(%s::bigint, %s::bigint) AS a""",
+           SELECT a, 1 + a %% %s, now() - make_interval(mins => (a %% %s)::int)
+           FROM generate_series(%s::bigint, %s::bigint) AS a""",
         (known, minutes, known + 1, users),
     )
 

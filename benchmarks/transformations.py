@@ -11,10 +11,11 @@ Starts its own throwaway native stacks on free ports and prints figures.
 Build times: the `streaming` tables are seeded with SQL (generate_series) in the shape the
 consumer leaves after N events at the reference README's rate of ~1,000 events/minute (that
 README: docs/architecture.md; N/1,000 minutes of history, a session per 20 events, `--users`
-users), then `dbt build` runs: once in full (`--full-refresh`, the first build), then `--builds`
+users; streaming.event_log holds every event, a tenth of the user ids are anonymous ids identified
+as known users), then `dbt build` runs: once in full (`--full-refresh`, the first build), then `--builds`
 times after each time one more minute of traffic arrived (upserts into recent rows plus late
-events into old minutes and sessions, as the consumer writes them): the build Airflow runs every
-minute.
+events into old minutes and sessions, as the consumer writes them, the minute's events appended
+to event_log, and a few anonymous visitors who sign in): the build Airflow runs every minute.
 
 Freshness: postgres, kafka, stream_consumer, kafka_producer (at `--rate` events/s) and airflow,
 untouched. Beside the producer, a probe sends one event a second of its own type for its own
@@ -52,6 +53,12 @@ SHARES = {"view": 0.70, "click": 0.25, "purchase": 0.05}
 PROBE_USER = 987_654_321
 PROBE_TYPE = "probe"
 STREAMING_TABLES = ", ".join(STREAMING)
+# What the product-analytics marts read (funnels, retention, DAU): every event, and the identities.
+PRODUCT_TABLES = "streaming.event_log, streaming.identities, streaming.deleted_users"
+# A tenth of the seeded user ids are anonymous ids, each identified as one of the others.
+ANONYMOUS_SHARE = 0.1
+# Each minute of traffic: this many new visitors browse anonymously, then sign in (a first identify).
+SIGN_INS_PER_MINUTE = 5
 # The tests analytics_reconciliation runs instead of the every-minute build (dbt_runner/tasks.py).
 RECONCILIATION = "tag:reconciliation"
 
@@ -92,7 +99,8 @@ def seed(dsn: str, events: int, users: int) -> None:
     minutes = max(1, events // EVENTS_PER_MINUTE)
     sessions = max(1, events // EVENTS_PER_SESSION)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {STREAMING_TABLES}")
+        conn.execute(f"TRUNCATE {STREAMING_TABLES}, {PRODUCT_TABLES}")
+        seed_event_log(conn, events, users, minutes)
         conn.execute(
             """INSERT INTO streaming.users
                SELECT u, 'User ' || u, 'user' || u || '@example.com', (ARRAY['US','GB','DE','FR','IN'])[1 + u %% 5],
@@ -124,7 +132,40 @@ def seed(dsn: str, events: int, users: int) -> None:
                         secs => (%(sessions)s - i)::float8 * %(span)s / %(sessions)s)) AS s(t)""",
             {"users": users, "per": EVENTS_PER_SESSION, "sessions": sessions, "span": minutes * 60},
         )
-        conn.execute(f"VACUUM ANALYZE {STREAMING_TABLES}")
+        conn.execute(f"VACUUM ANALYZE {STREAMING_TABLES}, {PRODUCT_TABLES}")
+
+
+def seed_event_log(conn: psycopg.Connection, events: int, users: int, minutes: int) -> None:
+    """streaming.event_log as the consumer appends it: `events` rows in time order over `minutes`
+    (a million per statement), random users, the producer's type shares; and the identities of the
+    anonymous ids (the top ANONYMOUS_SHARE of the user ids, each identified as a known user)."""
+    view, click = SHARES["view"], SHARES["view"] + SHARES["click"]
+    chunk = 1_000_000
+    for first in range(0, events, chunk):
+        conn.execute(
+            """INSERT INTO streaming.event_log (user_id, occurred_at, event_type)
+               SELECT 1 + (hashint8(i) & 2147483647) %% %(users)s,
+                      now() - make_interval(secs => (%(events)s - i)::float8 * %(span)s / %(events)s),
+                      CASE WHEN r < %(view)s THEN 'view' WHEN r < %(click)s THEN 'click' ELSE 'purchase' END
+               FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i,
+                    LATERAL (SELECT ((hashint8(-i) & 65535) / 65536.0)::float8) AS x(r)""",
+            {
+                "users": users,
+                "events": events,
+                "span": minutes * 60,
+                "view": view,
+                "click": click,
+                "first": first,
+                "last": min(events, first + chunk) - 1,
+            },
+        )
+    known = max(1, int(users * (1 - ANONYMOUS_SHARE)))
+    conn.execute(
+        """INSERT INTO streaming.identities (anonymous_id, user_id, identified_at)
+           SELECT a, 1 + a %% %s, now() - make_interval(mins => (a %% %s)::int)
+           FROM generate_series(%s::bigint, %s::bigint) AS a""",
+        (known, minutes, known + 1, users),
+    )
 
 
 def one_more_minute(dsn: str, users: int, late_share: float = 0.02) -> None:
@@ -175,6 +216,29 @@ def one_more_minute(dsn: str, users: int, late_share: float = 0.02) -> None:
                 """UPDATE streaming.sessions SET event_count = event_count + 1, written_xid = pg_current_xact_id()
                    WHERE session_id IN (SELECT session_id FROM streaming.sessions TABLESAMPLE SYSTEM (1) LIMIT %s)""",
                 (late,),
+            )
+            # every event of the minute in event_log (the late ones up to 3 hours old), and a few
+            # new visitors who browse anonymously then sign in (ids above the seeded ones)
+            conn.execute(
+                """INSERT INTO streaming.event_log (user_id, occurred_at, event_type)
+                   SELECT 1 + (random() * (%(users)s - 1))::bigint,
+                          CASE WHEN i <= %(late)s THEN %(now)s - random() * interval '3 hours'
+                               ELSE %(now)s - random() * interval '1 minute' END,
+                          (ARRAY['view','view','view','click','purchase'])[1 + (random() * 4)::int]
+                   FROM generate_series(1, %(n)s) AS i""",
+                {"users": users, "late": late, "now": now, "n": EVENTS_PER_MINUTE},
+            )
+            conn.execute(
+                """WITH visitors AS (
+                       SELECT coalesce((SELECT max(anonymous_id) FROM streaming.identities), %(users)s) + v AS id
+                       FROM generate_series(1, %(visitors)s) AS v),
+                   logged AS (
+                       INSERT INTO streaming.event_log (user_id, occurred_at, event_type)
+                       SELECT id, %(now)s - make_interval(secs => 3 - s), (ARRAY['view','click','purchase'])[s]
+                       FROM visitors, generate_series(1, 3) AS s)
+                   INSERT INTO streaming.identities (anonymous_id, user_id, identified_at)
+                   SELECT id, 1 + id %% %(users)s, %(now)s FROM visitors""",
+                {"users": users, "visitors": SIGN_INS_PER_MINUTE, "now": now},
             )
 
 

@@ -334,3 +334,225 @@ def _norm(row):
     if row is None:
         return None
     return tuple(rounded(Decimal(v), 12) if isinstance(v, Decimal) else v for v in row)
+
+
+# --- product analytics: event_log, identities, deleted users, and their marts' oracles ----------
+
+FUNNELS = {"purchase": (("view", "click", "purchase"), dt.timedelta(minutes=30))}  # dbt_project.yml vars
+RETENTION_DAYS = 30
+PRODUCT_TABLES = "streaming.event_log, streaming.identities, streaming.deleted_users"
+
+
+class Product:
+    """What the consumer writes for product analytics (streaming.event_log, identities), and a
+    deletion as it leaves the tables, written directly; events also go through `Streaming` so that
+    event_minutes and sessions hold them. Remembers everything for the oracles."""
+
+    def __init__(self, dsn: str, streaming: Streaming) -> None:
+        self.dsn, self.streaming = dsn, streaming
+        self.live: list[Event] = []  # events still in event_log
+        self.all_events: list[Event] = []  # every event written (event_minutes keeps deleted users')
+        self.pairs: dict[tuple[int, int], dt.datetime] = {}
+        self.deleted: set[int] = set()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {PRODUCT_TABLES}")
+
+    def write(self, new_events: list[Event]) -> None:
+        self.streaming.write(new_events)
+        with (
+            psycopg.connect(self.dsn) as conn,
+            conn.cursor().copy("COPY streaming.event_log (user_id, occurred_at, event_type) FROM STDIN") as copy,
+        ):
+            for e in new_events:
+                copy.write_row((e.user_id, e.occurred_at, e.event_type))
+        self.live += new_events
+        self.all_events += new_events
+
+    def identify(self, anonymous_id: int, user_id: int, at: dt.datetime) -> None:
+        with psycopg.connect(self.dsn) as conn:
+            conn.execute(
+                """INSERT INTO streaming.identities (anonymous_id, user_id, identified_at) VALUES (%s, %s, %s)
+                   ON CONFLICT (anonymous_id, user_id) DO UPDATE SET
+                       identified_at = greatest(streaming.identities.identified_at, excluded.identified_at),
+                       written_xid = pg_current_xact_id()""",
+                (anonymous_id, user_id, at),
+            )
+        key = (anonymous_id, user_id)
+        self.pairs[key] = max(at, self.pairs.get(key, at))
+
+    def delete(self, user_id: int) -> None:
+        """As the deletion leaves streaming: the user's rows gone from every table that holds a user id."""
+        with psycopg.connect(self.dsn) as conn:
+            conn.execute("DELETE FROM streaming.event_log WHERE user_id = %s", (user_id,))
+            conn.execute("DELETE FROM streaming.identities WHERE anonymous_id = %s OR user_id = %s", (user_id, user_id))
+            conn.execute("DELETE FROM streaming.sessions WHERE user_id = %s", (user_id,))
+            conn.execute("DELETE FROM streaming.user_events WHERE user_id = %s", (user_id,))
+            conn.execute(
+                "INSERT INTO streaming.deleted_users (user_id) VALUES (%s) ON CONFLICT (user_id) DO UPDATE "
+                "SET deleted_at = clock_timestamp(), written_xid = pg_current_xact_id()",
+                (user_id,),
+            )
+        self.live = [e for e in self.live if e.user_id != user_id]
+        self.pairs = {k: v for k, v in self.pairs.items() if user_id not in k}
+        self.deleted.add(user_id)
+
+    def sessions(self) -> list[Event]:
+        """The events whose sessions are still in streaming.sessions."""
+        return [e for e in self.all_events if e.user_id not in self.deleted or e in self.live]
+
+
+def current_identities(pairs: dict[tuple[int, int], dt.datetime]) -> dict[int, int]:
+    """anonymous id -> its known user: the pair with the latest identify, ties to the larger user id."""
+    best: dict[int, tuple[dt.datetime, int]] = {}
+    for (anonymous, user), at in pairs.items():
+        if anonymous not in best or (at, user) > best[anonymous]:
+            best[anonymous] = (at, user)
+    return {a: u for a, (_, u) in best.items()}
+
+
+def by_canonical_user(evs: list[Event], pairs: dict) -> dict[int, list[Event]]:
+    current = current_identities(pairs)
+    out: dict[int, list[Event]] = defaultdict(list)
+    for e in evs:
+        out[current.get(e.user_id, e.user_id)].append(e)
+    return out
+
+
+def funnel_progress_of(
+    evs: list[Event], steps: tuple[str, ...], window: dt.timedelta
+) -> tuple[int, list[dt.datetime | None]]:
+    """One user's (furthest step, earliest time of each step), from the definition: every step-1
+    event starts a sequence; each next step is the earliest event of its type strictly after the
+    previous step and within the window from the start."""
+    ordered = sorted(evs, key=lambda e: e.occurred_at)
+    furthest, firsts = 0, [None] * len(steps)
+    for start in ordered:
+        if start.event_type != steps[0]:
+            continue
+        reached, at = [start.occurred_at], start.occurred_at
+        for step in steps[1:]:
+            nxt = next(
+                (
+                    e.occurred_at
+                    for e in ordered
+                    if e.event_type == step and at < e.occurred_at <= start.occurred_at + window
+                ),
+                None,
+            )
+            if nxt is None:
+                break
+            reached.append(nxt)
+            at = nxt
+        furthest = max(furthest, len(reached))
+        for k, t in enumerate(reached):
+            firsts[k] = t if firsts[k] is None else min(firsts[k], t)
+    return furthest, firsts
+
+
+def expected_funnel_progress(evs: list[Event], pairs: dict) -> dict[tuple[str, int], tuple]:
+    width = max(len(s) for s, _ in FUNNELS.values())
+    out = {}
+    for user, mine in by_canonical_user(evs, pairs).items():
+        for name, (steps, window) in FUNNELS.items():
+            furthest, firsts = funnel_progress_of(mine, steps, window)
+            out[(name, user)] = (furthest, *firsts, *[None] * (width - len(steps)))
+    return out
+
+
+def expected_funnel_conversion(progress: dict[tuple[str, int], tuple]) -> dict[tuple[str, int], tuple]:
+    out = {}
+    for name, (steps, _) in FUNNELS.items():
+        rows = [r for (f, _), r in progress.items() if f == name]
+        first = sum(1 for r in rows if r[0] >= 1)
+        for k, step in enumerate(steps, 1):
+            reached = [r for r in rows if r[0] >= k]
+            gaps = [Decimal(str((r[k] - r[k - 1]).total_seconds())) for r in reached] if k > 1 else []
+            median = rounded(_median(gaps), 3) if gaps else None
+            share = rounded(Decimal(len(reached)) / first, 4) if first else None
+            out[(name, k)] = (step, len(reached), share, median)
+    return out
+
+
+def _median(values: list[Decimal]) -> Decimal:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def utc_day(at: dt.datetime) -> dt.date:
+    return at.astimezone(dt.UTC).date()
+
+
+def active_days(evs: list[Event], pairs: dict) -> dict[int, set[dt.date]]:
+    return {u: {utc_day(e.occurred_at) for e in mine} for u, mine in by_canonical_user(evs, pairs).items()}
+
+
+def expected_daily_active_users(product: Product) -> dict[dt.date, tuple]:
+    days = active_days(product.live, product.pairs)
+    firsts = {u: min(d) for u, d in days.items()}
+    sessions: dict[dt.date, int] = defaultdict(int)
+    for s in session_facts(product.sessions()).values():
+        sessions[utc_day(s["first"])] += 1
+    events: dict[dt.date, int] = defaultdict(int)
+    for e in product.all_events:
+        events[utc_day(e.occurred_at)] += 1
+    out = {}
+    for day in {d for ds in days.values() for d in ds}:
+        active = sum(1 for ds in days.values() if day in ds)
+        new = sum(1 for f in firsts.values() if f == day)
+        out[day] = (active, new, sessions[day], events[day])
+    return out
+
+
+def expected_retention_cohorts(evs: list[Event], pairs: dict) -> dict[tuple[dt.date, int], tuple]:
+    days = active_days(evs, pairs)
+    cohorts: dict[dt.date, list[set[dt.date]]] = defaultdict(list)
+    for ds in days.values():
+        cohorts[min(ds)].append(ds)
+    out = {}
+    for cohort, members in cohorts.items():
+        for n in range(RETENTION_DAYS + 1):
+            active = sum(1 for ds in members if cohort + dt.timedelta(days=n) in ds)
+            out[(cohort, n)] = (len(members), active, rounded(Decimal(active) / len(members), 4))
+    return out
+
+
+PRODUCT_MART_QUERIES = {
+    "funnel_progress": (
+        "SELECT funnel, user_id, furthest_step, step_1_at, step_2_at, step_3_at FROM analytics.funnel_progress",
+        2,
+    ),
+    "funnel_conversion": (
+        "SELECT funnel, step_number, step, users, share_of_first_step, "
+        "median_seconds_from_previous FROM analytics.funnel_conversion",
+        2,
+    ),
+    "daily_active_users": (
+        "SELECT activity_date, active_users, new_users, sessions, events FROM analytics.daily_active_users",
+        1,
+    ),
+    "retention_cohorts": (
+        "SELECT cohort_date, day_number, cohort_users, active_users, retention FROM analytics.retention_cohorts",
+        2,
+    ),
+}
+
+
+def product_marts(dsn: str) -> dict[str, dict]:
+    out = {}
+    with psycopg.connect(dsn) as conn:
+        for name, (sql, width) in PRODUCT_MART_QUERIES.items():
+            out[name] = {
+                (row[0] if width == 1 else tuple(row[:width])): tuple(row[width:]) for row in conn.execute(sql)
+            }
+    return out
+
+
+def expected_product_marts(product: Product) -> dict[str, dict]:
+    progress = expected_funnel_progress(product.live, product.pairs)
+    return {
+        "funnel_progress": progress,
+        "funnel_conversion": expected_funnel_conversion(progress),
+        "daily_active_users": expected_daily_active_users(product),
+        "retention_cohorts": expected_retention_cohorts(product.live, product.pairs),
+    }

@@ -199,6 +199,8 @@ ALTER TABLE streaming.sessions
     ADD COLUMN IF NOT EXISTS utm_source    varchar(100),
     ADD COLUMN IF NOT EXISTS utm_medium    varchar(100),
     ADD COLUMN IF NOT EXISTS utm_campaign  varchar(100);
+-- daily_active_users counts the sessions that started on a day by an index range.
+CREATE INDEX IF NOT EXISTS sessions_first_event_at_idx ON streaming.sessions (first_event_at);
 
 -- Where each partition resumes: written in the same transaction as the aggregates, and only
 -- if it still holds the offset the writer started from (the fence against lost partitions).

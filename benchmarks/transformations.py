@@ -10,9 +10,10 @@ Starts its own throwaway native stacks on free ports and prints figures.
 
 Build times: the `streaming` tables are seeded with SQL (generate_series) in the shape the
 consumer leaves after N events at the reference README's rate of ~1,000 events/minute (that
-README: docs/architecture.md; N/1,000 minutes of history, a session per 20 events, `--users`
-users), then `dbt build` runs: once in full (`--full-refresh`, the first build), then `--builds`
-times after each time one more minute of traffic arrived (upserts into recent rows plus late
+README: docs/architecture.md; N/1,000 minutes of history, a session per 20 events with a first
+touch (a tenth from a campaign, a fifth from a referrer, the rest direct), `--users` users), then
+`dbt build` runs: once in full (`--full-refresh`, the first build), then `--builds` times after
+each time one more minute of traffic arrived (upserts into recent rows plus late
 events into old minutes and sessions, as the consumer writes them): the build Airflow runs every
 minute.
 

@@ -10,7 +10,8 @@ transaction (incremental_strategy='top_pages'):
    current canonical user;
 3. adds the new events' counts;
 4. recounts the pages those rows are on from page_users: views, clicks and purchases are sums,
-   users the page's distinct canonical users (an index-only range on (page, canonical_user_id)).
+   users the page's distinct canonical users (an index range on (md5(page), canonical_user_id)).
+Pages are keyed by md5(page) in the indexes: a page may be longer than a btree entry can be.
 A build in full (first build, --full-refresh) fills page_users from every event in its pre-hook,
 and the mart from page_users.
 -#}
@@ -28,12 +29,13 @@ create table if not exists {{ page_users() }} (
     views             bigint not null,
     clicks            bigint not null,
     purchases         bigint not null,
-    events            bigint not null,
-    primary key (page, user_id)
+    events            bigint not null
 );
+-- keyed by md5(page): a page of 2,048 multibyte characters is longer than a btree entry may be
+create unique index if not exists page_users_key_idx on {{ page_users() }} (md5(page), user_id);
 create index if not exists page_users_user_id_idx on {{ page_users() }} (user_id);
 create index if not exists page_users_canonical_idx on {{ page_users() }} (canonical_user_id);
-create index if not exists page_users_page_canonical_idx on {{ page_users() }} (page, canonical_user_id);
+create index if not exists page_users_page_canonical_idx on {{ page_users() }} (md5(page), canonical_user_id);
 comment on table {{ page_users() }} is
     'Per (page, user id): events on the page and the canonical user they count under, kept by top_pages'' build (macros/page_users.sql).'
 {% endmacro %}
@@ -131,7 +133,7 @@ insert into top_pages_touched select page from moved;
 with added as (
     insert into {{ page_users() }} as t (page, user_id, canonical_user_id, views, clicks, purchases, events)
     select page, user_id, canonical_user_id, views, clicks, purchases, events from {{ new }}
-    on conflict (page, user_id) do update set
+    on conflict (md5(page), user_id) do update set
         canonical_user_id = excluded.canonical_user_id,
         views = t.views + excluded.views,
         clicks = t.clicks + excluded.clicks,
@@ -141,8 +143,8 @@ with added as (
 )
 insert into top_pages_touched select page from added;
 
-delete from {{ mart }} where page in (select page from top_pages_touched);
+delete from {{ mart }} where md5(page) in (select md5(page) from top_pages_touched);
 
 insert into {{ mart }} (page, views, users, clicks, purchases)
-{{ top_pages_from_page_users('page in (select page from top_pages_touched)') }}
+{{ top_pages_from_page_users('md5(page) in (select md5(page) from top_pages_touched)') }}
 {% endmacro %}

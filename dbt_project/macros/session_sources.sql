@@ -49,9 +49,10 @@ create table if not exists {{ source_users() }} (
     medium            text   not null,
     campaign          text   not null,
     canonical_user_id bigint not null,
-    sessions          bigint not null,
-    primary key (source, medium, campaign, canonical_user_id)
+    sessions          bigint not null
 );
+-- keyed by a hash of (source, medium, campaign): a referrer's host may be longer than a btree entry can be
+create unique index if not exists source_users_key_idx on {{ source_users() }} (md5(source || chr(10) || medium || chr(10) || campaign), canonical_user_id);
 comment on table {{ source_users() }} is
     'Per (source, medium, campaign, canonical user): sessions, kept by traffic_sources'' build (macros/session_sources.sql).'
 {% endmacro %}
@@ -230,7 +231,7 @@ with deltas as (
 applied as (
     insert into {{ source_users() }} as t (source, medium, campaign, canonical_user_id, sessions)
     select source, medium, campaign, canonical_user_id, sessions from deltas
-    on conflict (source, medium, campaign, canonical_user_id) do update
+    on conflict (md5(source || chr(10) || medium || chr(10) || campaign), canonical_user_id) do update
         set sessions = t.sessions + excluded.sessions
     returning t.source, t.medium, t.campaign, t.canonical_user_id, t.sessions, (t.xmax = 0) as inserted
 )
@@ -244,7 +245,8 @@ from applied;
 delete from {{ source_users() }} as t
 using traffic_sources_user_changes as c
 where c.emptied
-  and t.source = c.source and t.medium = c.medium and t.campaign = c.campaign
+  and md5(t.source || chr(10) || t.medium || chr(10) || t.campaign)
+      = md5(c.source || chr(10) || c.medium || chr(10) || c.campaign)
   and t.canonical_user_id = c.canonical_user_id;
 
 -- 5. the mart: every changed source's sums
@@ -264,7 +266,7 @@ select
     round(p.converted::numeric / nullif(p.sessions, 0), 4), p.revenue
 from per_source as p
 left join users as u using (source, medium, campaign)
-on conflict (source, medium, campaign) do update set
+on conflict ((md5(source || chr(10) || medium || chr(10) || campaign))) do update set
     sessions = t.sessions + excluded.sessions,
     users = t.users + excluded.users,
     converted_sessions = t.converted_sessions + excluded.converted_sessions,
@@ -275,5 +277,7 @@ on conflict (source, medium, campaign) do update set
 
 delete from {{ mart }} as t
 using traffic_sources_changes as c
-where t.sessions = 0 and t.source = c.source and t.medium = c.medium and t.campaign = c.campaign
+where t.sessions = 0
+  and md5(t.source || chr(10) || t.medium || chr(10) || t.campaign)
+      = md5(c.source || chr(10) || c.medium || chr(10) || c.campaign)
 {% endmacro %}

@@ -496,11 +496,13 @@ MART_QUERIES = {
 KEY_COLUMNS = {"sessions": 2, "traffic_sources": 3}  # a session is the session id and the user's
 
 
-def marts(dsn: str) -> dict[str, dict]:
-    """Every mart as {key: the other columns}."""
+def marts(dsn: str, names: Iterable[str] | None = None) -> dict[str, dict]:
+    """Every mart (or those named) as {key: the other columns}."""
     out = {}
     with psycopg.connect(dsn) as conn:
         for name, sql in MART_QUERIES.items():
+            if names is not None and name not in names:
+                continue
             width = KEY_COLUMNS.get(name, 1)
             out[name] = {
                 (row[0] if width == 1 else tuple(row[:width])): tuple(row[width:]) for row in conn.execute(sql)

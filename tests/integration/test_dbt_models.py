@@ -10,6 +10,7 @@ import json
 import random
 import re
 import sys
+import uuid
 
 import psycopg
 import pytest
@@ -250,6 +251,45 @@ def test_a_deleted_user_leaves_every_mart_and_comes_back_only_with_new_events(ds
     dbt("build")
     assert_marts_match(dsn, streaming)
     assert 7 in marts(dsn)["user_event_summary"]
+
+
+def test_pages_and_sources_at_the_contracts_bounds(dsn, dbt, streaming, rng):
+    """A page of 2,048 four-byte characters, a referrer whose host fills its 2,048 characters and
+    utm values of 100 four-byte characters: longer than a btree entry may be, so the marts' keys
+    are hashed; the build neither fails nor merges two keys that share a long prefix."""
+    page = "\U0001d518" * 2048
+    host = "a" * (2048 - len("https://") - 1)
+    utm = "\U0001d518" * 100
+    at = NOW - dt.timedelta(minutes=1)
+    streaming.write(
+        [
+            Event(
+                8, "view", uuid.UUID(int=rng.getrandbits(128), version=4), at, page=page, referrer=f"https://{host}/"
+            ),
+            Event(
+                8,
+                "view",
+                uuid.UUID(int=rng.getrandbits(128), version=4),
+                at,
+                page=page[:-1] + "x",
+                referrer=f"https://{host[:-1]}b/",
+            ),
+            Event(
+                9,
+                "view",
+                uuid.UUID(int=rng.getrandbits(128), version=4),
+                at,
+                page=page,
+                utm_source=utm,
+                utm_medium=utm,
+                utm_campaign=utm,
+            ),
+        ]
+    )
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+    got = marts(dsn)
+    assert got["top_pages"][page][:2] == (2, 2) and (host, "referral", "(none)") in got["traffic_sources"]
 
 
 def test_incremental_marts_equal_a_full_refresh(dsn, dbt, streaming):

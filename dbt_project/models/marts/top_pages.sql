@@ -11,7 +11,7 @@
         unique_key='page',
         incremental_strategy='top_pages',
         on_schema_change='ignore',
-        indexes=[{'columns': ['page'], 'unique': True}],
+        indexes=[{'columns': ['md5(page)'], 'unique': True}],
         pre_hook=["{{ remember_build_full_snapshot() }}", "{{ fill_page_users_if_full_build() }}"],
         post_hook=["{{ record_build_snapshot() }}"]
     )

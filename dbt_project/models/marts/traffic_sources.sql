@@ -2,7 +2,8 @@
     sessions written since the last build are read (an index range on streaming.sessions.written_xid,
     each version read by exactly one build: macros/build_snapshots.sql); what they change is added
     to the per-session and per-(source, user) state the build keeps (macros/session_sources.sql),
-    and to the sources they left or joined. -#}
+    and to the sources they left or joined. Its unique index is on a hash of the key: a referrer's
+    host may be longer than a btree entry can be. -#}
 -- depends_on: {{ source('streaming', 'sessions') }}
 -- depends_on: {{ source('streaming', 'identities') }}
 -- depends_on: {{ source('streaming', 'deleted_users') }}
@@ -12,7 +13,7 @@
         unique_key=['source', 'medium', 'campaign'],
         incremental_strategy='traffic_sources',
         on_schema_change='ignore',
-        indexes=[{'columns': ['source', 'medium', 'campaign'], 'unique': True}],
+        indexes=[{'columns': ["md5(source || chr(10) || medium || chr(10) || campaign)"], 'unique': True}],
         pre_hook=["{{ remember_build_full_snapshot() }}", "{{ fill_session_sources_if_full_build() }}"],
         post_hook=["{{ record_build_snapshot() }}"]
     )

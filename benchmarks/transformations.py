@@ -10,12 +10,14 @@ Starts its own throwaway native stacks on free ports and prints figures.
 
 Build times: the `streaming` tables are seeded with SQL (generate_series) in the shape the
 consumer leaves after N events at the reference README's rate of ~1,000 events/minute (that
-README: docs/architecture.md; N/1,000 minutes of history, a session per 20 events, `--users`
-users; streaming.event_log holds every event, a tenth of the user ids are anonymous ids identified
-as known users), then `dbt build` runs: once in full (`--full-refresh`, the first build), then `--builds`
-times after each time one more minute of traffic arrived (upserts into recent rows plus late
-events into old minutes and sessions, as the consumer writes them, the minute's events appended
-to event_log, and a few anonymous visitors who sign in): the build Airflow runs every minute.
+README: docs/architecture.md; N/1,000 minutes of history, a session per 20 events with a first
+touch (a tenth from a campaign, a fifth from a referrer, the rest direct), `--users` users;
+streaming.event_log holds every event, a tenth of the user ids are anonymous ids identified as
+known users), then `dbt build` runs: once in full (`--full-refresh`, the first build), then
+`--builds` times after each time one more minute of traffic arrived (upserts into recent rows plus
+late events into old minutes and sessions, as the consumer writes them, the minute's events
+appended to event_log, and a few anonymous visitors who sign in): the build Airflow runs every
+minute.
 
 Freshness: postgres, kafka, stream_consumer, kafka_producer (at `--rate` events/s) and airflow,
 untouched. Beside the producer, a probe sends one event a second of its own type for its own
@@ -123,10 +125,16 @@ def seed(dsn: str, events: int, users: int) -> None:
                    FROM generate_series(0, %s - 1) AS m""",
                 (event_type, EVENTS_PER_MINUTE, share, event_type, minutes),
             )
+        # first touch: a tenth from a campaign, a fifth from a referrer, the rest direct
         conn.execute(
-            """INSERT INTO streaming.sessions
+            """INSERT INTO streaming.sessions (session_id, user_id, first_event_at, last_event_at, event_count,
+                                               purchase_count, revenue, landing_page, referrer_host,
+                                               utm_source, utm_medium, utm_campaign)
                SELECT md5(i::text)::uuid, 1 + i %% %(users)s, t, t + make_interval(secs => i %% 1800),
-                      %(per)s, i %% 2, (i %% 2) * 99.50
+                      %(per)s, i %% 2, (i %% 2) * 99.50, '/products/' || i %% 50,
+                      CASE WHEN i %% 10 IN (1, 2) THEN 'news' || i %% 7 || '.example' END,
+                      CASE WHEN i %% 10 = 0 THEN 'newsletter' END, CASE WHEN i %% 10 = 0 THEN 'email' END,
+                      CASE WHEN i %% 10 = 0 THEN 'week ' || i %% 52 END
                FROM generate_series(1, %(sessions)s) AS i,
                     LATERAL (SELECT now() - make_interval(
                         secs => (%(sessions)s - i)::float8 * %(span)s / %(sessions)s)) AS s(t)""",
@@ -192,8 +200,10 @@ def one_more_minute(dsn: str, users: int, late_share: float = 0.02) -> None:
             )
             new_sessions = EVENTS_PER_MINUTE // EVENTS_PER_SESSION
             conn.execute(
-                """INSERT INTO streaming.sessions
-                   SELECT gen_random_uuid(), 1 + i %% %s, %s, %s, 1, 0, 0 FROM generate_series(1, %s) AS i""",
+                """INSERT INTO streaming.sessions (session_id, user_id, first_event_at, last_event_at, event_count,
+                                                   purchase_count, revenue, landing_page, utm_source)
+                   SELECT gen_random_uuid(), 1 + i %% %s, %s, %s, 1, 0, 0, '/', CASE WHEN i %% 10 = 0 THEN 'ads' END
+                   FROM generate_series(1, %s) AS i""",
                 (users, now, now, new_sessions),
             )
             # events into the users' current (most recent) sessions

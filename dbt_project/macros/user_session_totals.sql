@@ -77,6 +77,11 @@ then the standard merge runs, in the build's transaction.
 {%- set old = arg_dict['target_relation'] -%}
 {{ sum_user_session_totals_if_empty(old) }};
 
+-- users deleted since the last build (exactly once: macros/build_snapshots.sql): their sessions
+-- and totals go; any session they sent since is merged below as new
+delete from {{ user_session_totals() }} where user_id in ({{ users_deleted_for_this_build() }});
+delete from {{ old }} where user_id in ({{ users_deleted_for_this_build() }});
+
 insert into {{ user_session_totals() }} as t
 select
     n.user_id,

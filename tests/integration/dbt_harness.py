@@ -10,9 +10,11 @@ import random
 import subprocess
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -25,6 +27,9 @@ from tests.support.events import STREAMING_TABLES, event_json
 TOPIC, PROFILES = "dbt_events", "dbt_profiles"
 KNOWN_TYPES = ("view", "click", "purchase")
 STREAMING = ", ".join(STREAMING_TABLES)
+# The product-analytics tables (postgres/init/sql/streaming.sql): the harness writes them itself
+# where the consumer does not yet (Streaming.write_product_rows).
+PRODUCT_TABLES = "streaming.event_log, streaming.identities, streaming.deleted_users"
 
 
 @dataclass(frozen=True)
@@ -34,9 +39,16 @@ class Event:
     session_id: uuid.UUID
     occurred_at: dt.datetime
     amount: Decimal | None = None
+    page: str | None = None
+    referrer: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    identified_user_id: int | None = None
 
     def json(self) -> bytes:
         amount = None if self.amount is None else float(self.amount)
+        optional = {f: getattr(self, f) for f in OPTIONAL_FIELDS if getattr(self, f) is not None}
         return event_json(
             self.user_id,
             self.event_type,
@@ -44,7 +56,17 @@ class Event:
             occurred_at=self.occurred_at,
             amount=amount,
             timespec="milliseconds",
+            **optional,
         )
+
+    @property
+    def touch(self) -> tuple:
+        """What a session's first touch keeps of its earliest event: landing page, referrer host, utm."""
+        host = urlsplit(self.referrer).hostname if self.referrer else None
+        return (self.page, host, self.utm_source, self.utm_medium, self.utm_campaign)
+
+
+OPTIONAL_FIELDS = ("page", "referrer", "utm_source", "utm_medium", "utm_campaign", "identified_user_id")
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,45 @@ def events(
     return out
 
 
+PAGES = ("/", "/products/1", "/products/2", "/cart", "/checkout")
+REFERRERS = ("https://www.Example.com/blog?x=1", "https://news.ycombinator.com/item", "http://search.test/")
+UTM = (("newsletter", "email", "spring sale"), ("ads", "cpc", None), ("partner", None, None))
+
+
+def product_events(
+    rng: random.Random,
+    n: int,
+    users: range,
+    start: dt.datetime,
+    span: dt.timedelta,
+    sessions: dict | None = None,
+    known: range = range(0),
+) -> list[Event]:
+    """Like `events`, with what product analytics reads: most events on a page, some with a
+    referrer or utm parameters (a session's first touch), and now and then an `identify` of the
+    user as one of `known` (a re-identification when it names another)."""
+    out = []
+    for e in events(rng, n, users, start, span, sessions):
+        page = rng.choice(PAGES) if rng.random() < 0.9 else None
+        referrer = rng.choice(REFERRERS) if rng.random() < 0.3 else None
+        utm = rng.choice(UTM) if rng.random() < 0.2 else (None, None, None)
+        fields = dict(page=page, referrer=referrer, utm_source=utm[0], utm_medium=utm[1], utm_campaign=utm[2])
+        if known and rng.random() < 0.03:
+            e = Event(e.user_id, "identify", e.session_id, e.occurred_at, identified_user_id=rng.choice(known))
+        out.append(
+            Event(
+                e.user_id,
+                e.event_type,
+                e.session_id,
+                e.occurred_at,
+                e.amount,
+                **fields,
+                identified_user_id=e.identified_user_id,
+            )
+        )
+    return out
+
+
 class Streaming:
     """Writes events and profiles with the consumer's own code: Batch aggregates, Store commits
     (one transaction per batch, with the offsets), exactly as the running consumer would."""
@@ -104,8 +165,12 @@ class Streaming:
         self.offsets = {TOPIC: 0, PROFILES: 0}
         self.events: list[Event] = []
         self.profiles: dict[int, Profile] = {}
+        # (anonymous id, known user) -> the pair's latest identify time, as streaming.identities
+        self.identities: dict[tuple[int, int], dt.datetime] = {}
+        # events of deleted users: gone from every table but the minute totals
+        self.forgotten: list[Event] = []
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"TRUNCATE {STREAMING}")
+            conn.execute(f"TRUNCATE {STREAMING}, {PRODUCT_TABLES}")
             conn.execute("DELETE FROM streaming.consumer_offsets WHERE consumer_group = 'dbt_tests'")
 
     def batch(self, new_events: list[Event], profiles: list[Profile] = ()) -> Batch:
@@ -125,12 +190,76 @@ class Streaming:
         """One consumer transaction; call inside `store.connection().transaction()` to hold it open."""
         batch = self.batch(new_events, profiles)
         start = self.store.load_offsets(list(batch.next_offsets))
-        self.store.commit(batch, start, {})
-        self.events += new_events
+        with self.store.connection().transaction():
+            self.store.commit(batch, start, {})
+            self.events += new_events
+            self.write_product_rows(new_events)
         for p in profiles:
             current = self.profiles.get(p.user_id)
             if current is None or p.updated_at >= current.updated_at:
                 self.profiles[p.user_id] = p
+
+    def write_product_rows(self, new_events: list[Event]) -> None:
+        """In the batch's transaction, what the consumer writes for product analytics, where it does
+        not yet: the events into event_log, the identify pairs into identities (the pair's latest
+        time), and each touched session's first touch (its earliest event's; on a tie in time, the
+        first to arrive)."""
+        conn = self.store.connection()
+        [(logged,)] = conn.execute(
+            "SELECT exists (SELECT FROM streaming.event_log WHERE written_xid = pg_current_xact_id())"
+        ).fetchall()
+        with conn.cursor() as cur:
+            if not logged and new_events:
+                with cur.copy("COPY streaming.event_log (user_id, occurred_at, event_type, page) FROM STDIN") as copy:
+                    for e in new_events:
+                        copy.write_row((e.user_id, e.occurred_at, e.event_type, e.page))
+            for e in new_events:
+                if e.identified_user_id is not None:
+                    pair = (e.user_id, e.identified_user_id)
+                    self.identities[pair] = max(self.identities.get(pair, e.occurred_at), e.occurred_at)
+                    cur.execute(
+                        """INSERT INTO streaming.identities AS t (anonymous_id, user_id, identified_at)
+                           VALUES (%s, %s, %s)
+                           ON CONFLICT (anonymous_id, user_id) DO UPDATE
+                           SET identified_at = greatest(t.identified_at, excluded.identified_at),
+                               written_xid = pg_current_xact_id()""",
+                        (*pair, e.occurred_at),
+                    )
+            touched = {(e.session_id, e.user_id) for e in new_events}
+            firsts = first_touches(self.events)
+            for key in touched:
+                cur.execute(
+                    """UPDATE streaming.sessions
+                       SET landing_page = %s, referrer_host = %s, utm_source = %s, utm_medium = %s, utm_campaign = %s
+                       WHERE session_id = %s AND user_id = %s""",
+                    (*firsts[key], *key),
+                )
+
+    def delete_users(self, user_ids: Iterable[int]) -> None:
+        """What deleting users does (`python -m stream_consumer users delete`), in one transaction:
+        their rows go from every streaming table holding a user id (identities on either side), the
+        minute totals keep their counts, and deleted_users records them."""
+        ids = sorted(set(user_ids))
+        with psycopg.connect(self.dsn) as conn:
+            for table in ("user_events", "sessions", "event_log", "users"):
+                conn.execute(f"DELETE FROM streaming.{table} WHERE user_id = ANY(%s)", (ids,))
+            conn.execute(
+                "DELETE FROM streaming.identities WHERE anonymous_id = ANY(%s) OR user_id = ANY(%s)", (ids, ids)
+            )
+            conn.execute(
+                """INSERT INTO streaming.deleted_users (user_id) SELECT unnest(%s::bigint[])
+                   ON CONFLICT (user_id) DO UPDATE
+                   SET deleted_at = clock_timestamp(), written_xid = pg_current_xact_id()""",
+                (ids,),
+            )
+        gone = set(ids)
+        self.forgotten += [e for e in self.events if e.user_id in gone]
+        self.events = [e for e in self.events if e.user_id not in gone]
+        self.identities = {p: t for p, t in self.identities.items() if not gone & set(p)}
+        self.profiles = {u: p for u, p in self.profiles.items() if u not in gone}
+
+    def expected(self) -> dict[str, dict]:
+        return expected_marts(self.events, self.profiles, self.identities, self.forgotten)
 
 
 class Dbt:
@@ -180,15 +309,30 @@ def rounded(x: Decimal, places: int) -> Decimal:
     return x.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
 
 
-def per_user_types(evs: list[Event]) -> dict[int, dict[str, int]]:
+Identities = dict[tuple[int, int], dt.datetime]
+
+
+def canonical_users(identities: Identities | None) -> dict[int, int]:
+    """Each anonymous id's current known user: its pair with the latest identify (ties: the larger
+    user id). One level: a known user is not looked up again."""
+    latest: dict[int, tuple[dt.datetime, int]] = {}
+    for (anonymous, known), at in (identities or {}).items():
+        latest[anonymous] = max(latest.get(anonymous, (at, known)), (at, known))
+    return {anonymous: known for anonymous, (_, known) in latest.items()}
+
+
+def per_user_types(evs: list[Event], identities: Identities | None = None) -> dict[int, dict[str, int]]:
+    canonical = canonical_users(identities)
     out: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for e in evs:
-        out[e.user_id][e.event_type] += 1
+        out[canonical.get(e.user_id, e.user_id)][e.event_type] += 1
     return out
 
 
-def expected_user_event_summary(evs: list[Event]) -> dict[int, tuple]:
-    return {u: (t["click"], t["view"], t["purchase"], sum(t.values())) for u, t in per_user_types(evs).items()}
+def expected_user_event_summary(evs: list[Event], identities: Identities | None = None) -> dict[int, tuple]:
+    return {
+        u: (t["click"], t["view"], t["purchase"], sum(t.values())) for u, t in per_user_types(evs, identities).items()
+    }
 
 
 def expected_event_type_distribution(evs: list[Event]) -> dict[str, tuple]:
@@ -201,13 +345,13 @@ def expected_event_type_distribution(evs: list[Event]) -> dict[str, tuple]:
     return {t: (counts[t], len(users[t]), Decimal(counts[t]) / Decimal(total)) for t in counts}
 
 
-def expected_purchase_conversion(evs: list[Event]) -> dict[int, tuple]:
+def expected_purchase_conversion(evs: list[Event], identities: Identities | None = None) -> dict[int, tuple]:
     def rate(a: int, b: int):
         return rounded(Decimal(a) / Decimal(b), 4) if b else None
 
     return {
         u: (t["view"], t["click"], t["purchase"], rate(t["purchase"], t["view"]), rate(t["purchase"], t["click"]))
-        for u, t in per_user_types(evs).items()
+        for u, t in per_user_types(evs, identities).items()
     }
 
 
@@ -247,10 +391,13 @@ def expected_sessions(evs: list[Event]) -> dict[tuple[uuid.UUID, int], tuple]:
     }
 
 
-def expected_user_engagement(evs: list[Event], profiles: dict[int, Profile]) -> dict[int, tuple]:
+def expected_user_engagement(
+    evs: list[Event], profiles: dict[int, Profile], identities: Identities | None = None
+) -> dict[int, tuple]:
+    canonical = canonical_users(identities)
     by_user: dict[int, list[dict]] = defaultdict(list)
     for s in session_facts(evs).values():
-        by_user[s["user"]].append(s)
+        by_user[canonical.get(s["user"], s["user"])].append(s)
     out = {}
     for u, ss in by_user.items():
         n = len(ss)
@@ -275,6 +422,57 @@ def expected_user_engagement(evs: list[Event], profiles: dict[int, Profile]) -> 
     return out
 
 
+def first_touches(evs: list[Event]) -> dict[tuple[uuid.UUID, int], tuple]:
+    """Per session: the first touch of its earliest event (on a tie in time, the first to arrive)."""
+    first: dict[tuple[uuid.UUID, int], Event] = {}
+    for e in evs:
+        key = (e.session_id, e.user_id)
+        if key not in first or e.occurred_at < first[key].occurred_at:
+            first[key] = e
+    return {key: e.touch for key, e in first.items()}
+
+
+def traffic_source(touch: tuple) -> tuple[str, str, str]:
+    """(source, medium, campaign) of a first touch: utm_source, else the referrer's host, else
+    direct; utm_medium, else referral for a referrer, else (none); utm_campaign, else (none)."""
+    _, host, source, medium, campaign = touch
+    return (
+        source or host or "direct",
+        medium or ("referral" if not source and host else "(none)"),
+        campaign or "(none)",
+    )
+
+
+def expected_top_pages(evs: list[Event], identities: Identities | None = None) -> dict[str, tuple]:
+    canonical = canonical_users(identities)
+    counts: dict[str, list] = defaultdict(lambda: [0, set(), 0, 0])
+    for e in evs:
+        if e.page is None:
+            continue
+        row = counts[e.page]
+        row[0] += e.event_type == "view"
+        row[1].add(canonical.get(e.user_id, e.user_id))
+        row[2] += e.event_type == "click"
+        row[3] += e.event_type == "purchase"
+    return {page: (views, len(users), clicks, purchases) for page, (views, users, clicks, purchases) in counts.items()}
+
+
+def expected_traffic_sources(evs: list[Event], identities: Identities | None = None) -> dict[tuple, tuple]:
+    canonical = canonical_users(identities)
+    touches = first_touches(evs)
+    rows: dict[tuple, list] = defaultdict(lambda: [0, set(), 0, Decimal(0)])
+    for key, s in session_facts(evs).items():
+        row = rows[traffic_source(touches[key])]
+        row[0] += 1
+        row[1].add(canonical.get(s["user"], s["user"]))
+        row[2] += s["p"] > 0
+        row[3] += s["r"]
+    return {
+        k: (n, len(users), converted, rounded(Decimal(converted) / n, 4), cents(revenue))
+        for k, (n, users, converted, revenue) in rows.items()
+    }
+
+
 MART_QUERIES = {
     "user_event_summary": "SELECT user_id, total_clicks, total_views, total_purchases, total_events "
     "FROM analytics.user_event_summary",
@@ -289,17 +487,22 @@ MART_QUERIES = {
     "user_engagement": "SELECT user_id, country_code, plan, signed_up_on, session_count, total_events, "
     "total_purchases, converted_sessions, session_conversion_rate, revenue, avg_events_per_session, "
     "avg_session_duration_seconds, first_seen_at, last_seen_at FROM analytics.user_engagement",
+    "top_pages": "SELECT page, views, users, clicks, purchases FROM analytics.top_pages",
+    "traffic_sources": "SELECT source, medium, campaign, sessions, users, converted_sessions, conversion_rate, revenue "
+    "FROM analytics.traffic_sources",
 }
 
 
-KEY_COLUMNS = {"sessions": 2}  # a session is the session id and the user's
+KEY_COLUMNS = {"sessions": 2, "traffic_sources": 3}  # a session is the session id and the user's
 
 
-def marts(dsn: str) -> dict[str, dict]:
-    """Every mart as {key: the other columns}."""
+def marts(dsn: str, names: Iterable[str] | None = None) -> dict[str, dict]:
+    """Every mart (or those named) as {key: the other columns}."""
     out = {}
     with psycopg.connect(dsn) as conn:
         for name, sql in MART_QUERIES.items():
+            if names is not None and name not in names:
+                continue
             width = KEY_COLUMNS.get(name, 1)
             out[name] = {
                 (row[0] if width == 1 else tuple(row[:width])): tuple(row[width:]) for row in conn.execute(sql)
@@ -307,14 +510,23 @@ def marts(dsn: str) -> dict[str, dict]:
     return out
 
 
-def expected_marts(evs: list[Event], profiles: dict[int, Profile]) -> dict[str, dict]:
+def expected_marts(
+    evs: list[Event],
+    profiles: dict[int, Profile],
+    identities: Identities | None = None,
+    forgotten: list[Event] = (),
+) -> dict[str, dict]:
+    """Every mart from the events in the tables; `forgotten`: deleted users' events, which only the
+    minute totals keep."""
     return {
-        "user_event_summary": expected_user_event_summary(evs),
+        "user_event_summary": expected_user_event_summary(evs, identities),
         "event_type_distribution": expected_event_type_distribution(evs),
-        "purchase_conversion_by_user": expected_purchase_conversion(evs),
-        "event_timeline": expected_event_timeline(evs),
+        "purchase_conversion_by_user": expected_purchase_conversion(evs, identities),
+        "event_timeline": expected_event_timeline([*evs, *forgotten]),
         "sessions": expected_sessions(evs),
-        "user_engagement": expected_user_engagement(evs, profiles),
+        "user_engagement": expected_user_engagement(evs, profiles, identities),
+        "top_pages": expected_top_pages(evs, identities),
+        "traffic_sources": expected_traffic_sources(evs, identities),
     }
 
 

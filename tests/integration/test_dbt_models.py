@@ -10,11 +10,21 @@ import json
 import random
 import re
 import sys
+import uuid
 
 import psycopg
 import pytest
 
-from tests.integration.dbt_harness import Dbt, Profile, Streaming, differences, events, expected_marts, marts
+from tests.integration.dbt_harness import (
+    Dbt,
+    Event,
+    Profile,
+    Streaming,
+    differences,
+    events,
+    marts,
+    product_events,
+)
 from tests.support.ephemeral import ROOT
 
 NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
@@ -26,6 +36,8 @@ MARTS = {
     "event_timeline",
     "sessions",
     "user_engagement",
+    "top_pages",
+    "traffic_sources",
 }
 # Product analytics (test_dbt_product_marts.py): built here too, on no event_log rows.
 PRODUCT_MODELS = {
@@ -35,6 +47,7 @@ PRODUCT_MODELS = {
     "daily_active_users",
     "retention_cohorts",
 }
+KNOWN = range(101, 106)  # known users the anonymous ones identify as
 
 
 def profile(user_id: int, plan: str = "free", updated_at: dt.datetime = NOW) -> Profile:
@@ -69,7 +82,7 @@ def sessions() -> dict:
 
 
 def assert_marts_match(dsn: str, streaming: Streaming) -> None:
-    diff = differences(marts(dsn), expected_marts(streaming.events, streaming.profiles))
+    diff = differences(marts(dsn), streaming.expected())
     assert diff == {}, diff
 
 
@@ -92,6 +105,9 @@ def test_build_runs_every_model_and_its_tests(dbt):
         "stg_streaming__sessions",
         "stg_streaming__users",
         "stg_streaming__identities",
+        "stg_streaming__event_log",
+        "int_user_events_stitched",
+        "int_sessions_stitched",
         *MARTS,
         *PRODUCT_MODELS,
     }
@@ -162,6 +178,127 @@ def test_a_session_committed_between_the_sessions_build_and_user_engagement_is_n
     assert set(dbt.results().values()) >= {"pass"} and "fail" not in dbt.results().values(), dbt.results()
     dbt("build")
     assert_marts_match(dsn, streaming)
+
+
+def test_pages_sources_and_identities_stay_exact_through_late_events_and_reidentification(
+    dsn, dbt, streaming, rng, sessions
+):
+    """Pages, first touches and identify events, then: a late event earlier than a session's first
+    moves the session to another source; an anonymous id identified again as another known user
+    moves its history (views, sessions, pages' distinct users) from the first to the second."""
+    streaming.write(
+        product_events(rng, 600, USERS, NOW - dt.timedelta(hours=2), dt.timedelta(hours=2), sessions, KNOWN)
+    )
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+
+    # user 3's newest session: a late event, earlier than its first, arrives from a campaign
+    session = max((e for e in streaming.events if e.user_id == 3), key=lambda e: e.occurred_at).session_id
+    first = min(e.occurred_at for e in streaming.events if e.session_id == session and e.user_id == 3)
+    late = Event(
+        3,
+        "view",
+        session,
+        first - dt.timedelta(minutes=1),
+        page="/landing",
+        utm_source="late_campaign",
+        utm_medium="social",
+        utm_campaign="moved",
+    )
+    # user 4 is identified as 101, then again (later) as 102: the latest wins
+    at = NOW + dt.timedelta(minutes=1)
+    streaming.write([late, Event(4, "identify", session, at, identified_user_id=101)])
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+    assert ("late_campaign", "social", "moved") in marts(dsn)["traffic_sources"]
+    streaming.write(
+        [Event(4, "identify", session, at + dt.timedelta(minutes=1), identified_user_id=102)]
+        + product_events(rng, 100, range(1, 5), NOW - dt.timedelta(minutes=5), dt.timedelta(minutes=5), sessions)
+    )
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+    summary = marts(dsn)["user_event_summary"]
+    assert 4 not in summary and summary[102][3] > sum(1 for e in streaming.events if e.user_id == 102)
+
+
+def test_a_deleted_user_leaves_every_mart_and_comes_back_only_with_new_events(dsn, dbt, streaming, rng, sessions):
+    """Deleting a known user (whose identities go with it: its anonymous ids count as themselves
+    again) and an anonymous id counted under another: every user-level row of theirs goes, and the
+    users they were counted under are recounted. A deleted user who is not suppressed and sends
+    new events is counted again from those only, and a later build does not delete them again."""
+    streaming.write(
+        product_events(rng, 300, USERS, NOW - dt.timedelta(hours=1), dt.timedelta(hours=1), sessions, KNOWN)
+    )
+    dbt("build")
+    canonical = {a: k for (a, k) in streaming.identities}
+    anonymous = next(a for a, k in canonical.items() if k != 102)
+    streaming.delete_users([102, anonymous, 7])
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+    got = marts(dsn)
+    for name in ("user_event_summary", "purchase_conversion_by_user", "user_engagement"):
+        assert not {102, anonymous, 7} & set(got[name]), name
+    assert not {102, anonymous, 7} & {u for _, u in got["sessions"]}
+    with psycopg.connect(dsn) as conn:
+        kept = conn.execute(
+            """SELECT 'page_users', count(*) FROM analytics.page_users
+                         WHERE %(ids)s::bigint[] && ARRAY[user_id, canonical_user_id]
+               UNION ALL SELECT 'session_sources', count(*) FROM analytics.session_sources
+                         WHERE %(ids)s::bigint[] && ARRAY[user_id, canonical_user_id]
+               UNION ALL SELECT 'source_users', count(*) FROM analytics.source_users
+                         WHERE canonical_user_id = ANY(%(ids)s)
+               UNION ALL SELECT 'user_engagement_ids', count(*) FROM analytics.user_engagement_ids
+                         WHERE %(ids)s::bigint[] && ARRAY[user_id, canonical_user_id]
+               UNION ALL SELECT 'user_session_totals', count(*) FROM analytics.user_session_totals
+                         WHERE user_id = ANY(%(ids)s)""",
+            {"ids": [102, anonymous, 7]},
+        ).fetchall()
+    assert all(n == 0 for _, n in kept), kept
+    streaming.write(events(rng, 50, range(7, 8), NOW - dt.timedelta(minutes=2), dt.timedelta(minutes=2), sessions))
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+    assert 7 in marts(dsn)["user_event_summary"]
+
+
+def test_pages_and_sources_at_the_contracts_bounds(dsn, dbt, streaming, rng):
+    """A page of 2,048 four-byte characters, a referrer whose host fills its 2,048 characters and
+    utm values of 100 four-byte characters: longer than a btree entry may be, so the marts' keys
+    are hashed; the build neither fails nor merges two keys that share a long prefix."""
+    page = "\U0001d518" * 2048
+    host = "a" * (2048 - len("https://") - 1)
+    utm = "\U0001d518" * 100
+    at = NOW - dt.timedelta(minutes=1)
+    streaming.write(
+        [
+            Event(
+                8, "view", uuid.UUID(int=rng.getrandbits(128), version=4), at, page=page, referrer=f"https://{host}/"
+            ),
+            Event(
+                8,
+                "view",
+                uuid.UUID(int=rng.getrandbits(128), version=4),
+                at,
+                page=page[:-1] + "x",
+                referrer=f"https://{host[:-1]}b/",
+            ),
+            Event(
+                9,
+                "view",
+                uuid.UUID(int=rng.getrandbits(128), version=4),
+                at,
+                page=page,
+                utm_source=utm,
+                utm_medium=utm,
+                utm_campaign=utm,
+            ),
+        ]
+    )
+    dbt("build")
+    assert_marts_match(dsn, streaming)
+    got = marts(dsn)
+    assert got["top_pages"][page][:2] == (2, 2) and (host, "referral", "(none)") in got["traffic_sources"]
 
 
 def test_incremental_marts_equal_a_full_refresh(dsn, dbt, streaming):

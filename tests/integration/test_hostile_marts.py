@@ -19,7 +19,16 @@ from common.contract import AMOUNT_MAX, BIGINT_MAX, EVENT_TIME_FLOOR
 from stream_consumer.batch import Batch, Record
 from stream_consumer.store import Store
 from stream_consumer.writer import Health, Writer
-from tests.integration.dbt_harness import PROFILES, TOPIC, Dbt, Event, differences, expected_marts, marts
+from tests.integration.dbt_harness import (
+    PRODUCT_TABLES,
+    PROFILES,
+    TOPIC,
+    Dbt,
+    Event,
+    differences,
+    expected_marts,
+    marts,
+)
 from tests.support.events import STREAMING_TABLES, event_json
 from tests.support.strategies import hostile_events
 
@@ -32,7 +41,7 @@ class Feed:
 
     def __init__(self, dsn: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"TRUNCATE {', '.join(STREAMING_TABLES)}, streaming.dead_letter_events")
+            conn.execute(f"TRUNCATE {', '.join(STREAMING_TABLES)}, {PRODUCT_TABLES}, streaming.dead_letter_events")
             conn.execute("DELETE FROM streaming.consumer_offsets WHERE consumer_group = 'hostile_marts'")
         self.store = Store(dsn, "hostile_marts")
         self.writer = Writer(self.store, Health(), lambda: False)

@@ -1,10 +1,11 @@
-{#- Reads the staging model, not user_event_summary: a mart built from one source snapshot can be
+{#- Per canonical user (after an identify, the anonymous id's events count under the known user).
+    Reads the stitched staging rows, not user_event_summary: a mart built from one source snapshot can be
     reconciled with that source (tests/generic/reconciles_with_source.sql). -#}
 with
 
 user_events as (
 
-    select * from {{ ref('stg_streaming__user_events') }}
+    select * from {{ ref('int_user_events_stitched') }}
 
 ),
 

@@ -1,9 +1,10 @@
-{#- The reference README's model (the demo this project rebuilds: docs/architecture.md), column for column. -#}
+{#- The reference README's model (the demo this project rebuilds: docs/architecture.md), column for column,
+    per canonical user (after an identify, the anonymous id's events count under the known user). -#}
 with
 
 user_events as (
 
-    select * from {{ ref('stg_streaming__user_events') }}
+    select * from {{ ref('int_user_events_stitched') }}
 
 ),
 

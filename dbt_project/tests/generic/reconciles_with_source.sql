@@ -8,11 +8,16 @@ leave: a missed late event, a key only one side has, a total that differs.
     measures: [{name: ..., mart: <aggregate over mart rows>, source: <aggregate over source rows>}]
               (numeric aggregates; over no rows, a sum and a count both count as 0)
 
+Optional: `source_where` restricts the source rows; `also_changed_keys` (a query of keys, which
+may read `watermark.source_xmin`) adds keys to leave to the next build (ids identified since: a
+mart stitched by identity); `wait_when` (a condition, which may read the watermark too) leaves
+the whole check to the next build (a deletion since, whose keys the source no longer shows).
+
 Totals, not a row-by-row comparison: a scan of each side, fast enough for every minute on 10M
 events. The test needs the whole mart: give it `config: {where: whole_mart}` (see
 macros/get_where_subquery.sql).
 -#}
-{% test reconciles_with_source(model, source_model, key, measures, source_key=none) %}
+{% test reconciles_with_source(model, source_model, key, measures, source_key=none, source_where=none, also_changed_keys=none, wait_when=none) %}
 
 with
 
@@ -27,6 +32,10 @@ changed_keys as (
     select distinct {{ source_key or key }} as reconcile_key
     from {{ source_model }}
     where {{ xid_follows_or_equals('source_xid', '(select source_xmin from watermark)') }}
+    {%- if also_changed_keys %}
+    union
+    select * from ({{ also_changed_keys }}) as also_changed
+    {%- endif %}
 
 ),
 
@@ -37,7 +46,7 @@ source_totals as (
         coalesce({{ measure.source }}, 0) as {{ measure.name }}{{ "," if not loop.last }}
         {%- endfor %}
     from {{ source_model }} as source_rows
-    where not exists (
+    where {{ source_where or 'true' }} and not exists (
         select from changed_keys as c where c.reconcile_key = source_rows.{{ source_key or key }}
     )
 
@@ -64,10 +73,16 @@ select
 from source_totals as s
 cross join mart_totals as m
 where
+    {%- if wait_when %}
+    not ({{ wait_when }}) and (
+    {%- else %}
+    (
+    {%- endif %}
     false
     {%- for measure in measures %}
     or s.{{ measure.name }} is distinct from m.{{ measure.name }}
     {%- endfor %}
+    )
 
 union all
 

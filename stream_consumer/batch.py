@@ -289,6 +289,8 @@ class Batch:
         self.deleted: DeletedUsers = NOBODY
         self.suppressed = 0
         self.tombstones: dict[int, int] = {}
+        # A batch `refused` made (its one message filed as refused by Postgres): its (error, bare).
+        self.refusal: tuple[str, bool] | None = None
         # Product analytics (store.write_product_tables): every counted event, in order, as four
         # parallel lists (streaming.event_log's columns; four appends cost less than a tuple kept per
         # event), and the latest time each (anonymous user_id, identified_user_id) pair was identified.
@@ -328,6 +330,10 @@ class Batch:
         """This batch's messages again, dropping the events and profiles of `deleted` (a deletion
         committed since the batch was aggregated, or one of its own tombstones): the same offsets,
         dead letters and tombstones."""
+        if self.refusal:  # its one message is filed as a dead letter whoever its user is
+            batch = self.refused(*self.refusal)
+            batch.deleted = deleted
+            return batch
         batch = self._empty_like()
         batch.deleted = deleted
         batch.known_ids = self.known_ids
@@ -355,6 +361,7 @@ class Batch:
         `bare`: without its key and raw value, the error in ASCII (for when Postgres refuses those)."""
         [msg] = self.messages
         batch = self._empty_like()
+        batch.refusal = (error, bare)
         batch.messages.append(msg)
         batch.next_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
         batch.dead_letter(msg, Reason.REFUSED_BY_POSTGRES, error)

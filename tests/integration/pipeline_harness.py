@@ -167,6 +167,10 @@ def _host_by_rule(referrer: str) -> str:
     return netloc.lower()
 
 
+#: The known users the generator's identify events name: 1,000,001 to 1,000,005.
+KNOWN_USERS_FROM = 1_000_000
+
+
 def enrich(rng: random.Random, event: dict) -> bool:
     """Gives a share of the generator's events the product-analytics fields: a referrer and utm_*
     on some, an identify of a known user instead on a few. Whether it changed the event."""
@@ -177,7 +181,10 @@ def enrich(rng: random.Random, event: dict) -> bool:
         event["utm_campaign"] = rng.choice(["spring sale", None])
         return True
     if x < 0.11:
-        event.update(event_type="identify", identified_user_id=rng.randint(1, 5), amount=None, product_id=None)
+        # known users apart from the generator's (anonymous) ones: deleting one of those must not
+        # take another generated user with it as an id identified as them
+        known = KNOWN_USERS_FROM + rng.randint(1, 5)
+        event.update(event_type="identify", identified_user_id=known, amount=None, product_id=None)
         return True
     return False
 

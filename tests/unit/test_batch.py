@@ -203,6 +203,16 @@ def test_a_refused_message_becomes_a_dead_letter_that_still_advances_its_offset(
     assert (filed.dead_letters[0].reason, filed.dead_letters[0].raw_value_exact) == (Reason.REFUSED_BY_POSTGRES, True)
 
 
+@pytest.mark.parametrize("bare", [False, True])
+def test_a_refused_message_stays_a_dead_letter_when_a_deletion_makes_its_batch_aggregate_again(bare):
+    """A deletion committed since (store.Deletions.prepare) aggregates a batch again from its
+    messages: a refused one must not turn back into the event Postgres refused."""
+    filed = batch_of(event(offset=41)).refused("refused by Postgres (SQLSTATE 23514)", bare=bare)
+    again = filed.without_deleted({99: (0, True)})
+    assert (again.events, again.user_events, again.next_offsets) == (0, {}, {("user_events", 0): 42})
+    assert again.dead_letters == filed.dead_letters and again.deleted == {99: (0, True)}
+
+
 def with_fields(offset: int, event_type: str = "view", **fields) -> Record:
     """A view of user 1 (or another type) with these fields set, at `offset`."""
     body = events.event(1, event_type, session_id=S1, occurred_at="2026-11-22T10:00:30Z", **fields)

@@ -56,7 +56,6 @@ PROBE_USER = 987_654_321
 PROBE_TYPE = "probe"
 STREAMING_TABLES = ", ".join(STREAMING)
 # What the product-analytics marts read (funnels, retention, DAU): every event, and the identities.
-PRODUCT_TABLES = "streaming.event_log, streaming.identities, streaming.deleted_users"
 # A tenth of the seeded user ids are anonymous ids, each identified as one of the others.
 ANONYMOUS_SHARE = 0.1
 # Each minute of traffic: this many new visitors browse anonymously, then sign in (a first identify).
@@ -101,7 +100,7 @@ def seed(dsn: str, events: int, users: int) -> None:
     minutes = max(1, events // EVENTS_PER_MINUTE)
     sessions = max(1, events // EVENTS_PER_SESSION)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {STREAMING_TABLES}, {PRODUCT_TABLES}")
+        conn.execute(f"TRUNCATE {STREAMING_TABLES}")
         seed_event_log(conn, events, users, minutes)
         conn.execute(
             """INSERT INTO streaming.users
@@ -140,7 +139,7 @@ def seed(dsn: str, events: int, users: int) -> None:
                         secs => (%(sessions)s - i)::float8 * %(span)s / %(sessions)s)) AS s(t)""",
             {"users": users, "per": EVENTS_PER_SESSION, "sessions": sessions, "span": minutes * 60},
         )
-        conn.execute(f"VACUUM ANALYZE {STREAMING_TABLES}, {PRODUCT_TABLES}")
+        conn.execute(f"VACUUM ANALYZE {STREAMING_TABLES}")
 
 
 def seed_event_log(conn: psycopg.Connection, events: int, users: int, minutes: int) -> None:

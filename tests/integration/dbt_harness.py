@@ -27,11 +27,10 @@ from tests.support.events import STREAMING_TABLES, event_json
 TOPIC, PROFILES = "dbt_events", "dbt_profiles"
 KNOWN_TYPES = ("view", "click", "purchase")
 STREAMING = ", ".join(STREAMING_TABLES)
+
+
 # The product-analytics tables (postgres/init/sql/streaming.sql): the harness writes them itself
 # where the consumer does not yet (Streaming.write_product_rows).
-PRODUCT_TABLES = "streaming.event_log, streaming.identities, streaming.deleted_users"
-
-
 @dataclass(frozen=True)
 class Event:
     user_id: int
@@ -92,8 +91,9 @@ class Profile:
 
 
 def message(topic: str, offset: int, user_id: int, value: bytes) -> Record:
-    """A Kafka message without a broker stamp: the batch's clock bounds the event times."""
-    return Record(topic, 0, offset, str(user_id).encode(), value)
+    """A Kafka message the broker stamped now (LogAppendTime), as the topics are: a deleted user's
+    events written after the deletion count again (stream_consumer/batch.py `forgotten`)."""
+    return Record(topic, 0, offset, str(user_id).encode(), value, appended=dt.datetime.now(dt.UTC))
 
 
 def events(
@@ -170,7 +170,7 @@ class Streaming:
         # events of deleted users: gone from every table but the minute totals
         self.forgotten: list[Event] = []
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"TRUNCATE {STREAMING}, {PRODUCT_TABLES}")
+            conn.execute(f"TRUNCATE {STREAMING}")
             conn.execute("DELETE FROM streaming.consumer_offsets WHERE consumer_group = 'dbt_tests'")
 
     def batch(self, new_events: list[Event], profiles: list[Profile] = ()) -> Batch:
@@ -552,7 +552,6 @@ def _norm(row):
 
 FUNNELS = {"purchase": (("view", "click", "purchase"), dt.timedelta(minutes=30))}  # dbt_project.yml vars
 RETENTION_DAYS = 30
-PRODUCT_TABLES = "streaming.event_log, streaming.identities, streaming.deleted_users"
 
 
 class Product:
@@ -567,16 +566,10 @@ class Product:
         self.pairs: dict[tuple[int, int], dt.datetime] = {}
         self.deleted: set[int] = set()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"TRUNCATE {PRODUCT_TABLES}")
+            conn.execute(f"TRUNCATE {STREAMING}")
 
     def write(self, new_events: list[Event]) -> None:
-        self.streaming.write(new_events)
-        with (
-            psycopg.connect(self.dsn) as conn,
-            conn.cursor().copy("COPY streaming.event_log (user_id, occurred_at, event_type) FROM STDIN") as copy,
-        ):
-            for e in new_events:
-                copy.write_row((e.user_id, e.occurred_at, e.event_type))
+        self.streaming.write(new_events)  # the consumer's code writes event_log too
         self.live += new_events
         self.all_events += new_events
 

@@ -20,7 +20,6 @@ from stream_consumer.batch import Batch, Record
 from stream_consumer.store import Store
 from stream_consumer.writer import Health, Writer
 from tests.integration.dbt_harness import (
-    PRODUCT_TABLES,
     PROFILES,
     TOPIC,
     Dbt,
@@ -41,7 +40,7 @@ class Feed:
 
     def __init__(self, dsn: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"TRUNCATE {', '.join(STREAMING_TABLES)}, {PRODUCT_TABLES}, streaming.dead_letter_events")
+            conn.execute(f"TRUNCATE {', '.join(STREAMING_TABLES)}, streaming.dead_letter_events")
             conn.execute("DELETE FROM streaming.consumer_offsets WHERE consumer_group = 'hostile_marts'")
         self.store = Store(dsn, "hostile_marts")
         self.writer = Writer(self.store, Health(), lambda: False)

@@ -52,9 +52,10 @@ comment on table {{ activity_date_recounts() }} is
     'Days a mart must recount (written by int_user_activity_days, emptied by the mart; macros/activity_recounts.sql).'
 {% endmacro %}
 
-{#- The current known user of an anonymous id, NULL if none: its pair with the latest identify,
-    ties to the larger user id (stg_streaming__identities), by the primary key's index. -#}
-{% macro current_identity(user_id_expr) -%}
+{#- The current known user of an anonymous id as a scalar subquery, NULL if none (a lateral join of
+    the same: current_identity in macros/identity.sql): its pair with the latest identify, ties to
+    the larger user id (stg_streaming__identities), by the primary key's index. -#}
+{% macro identity_of(user_id_expr) -%}
     (select i.user_id from {{ source('streaming', 'identities') }} as i
      where i.anonymous_id = {{ user_id_expr }}
      order by i.identified_at desc, i.user_id desc limit 1)
@@ -62,7 +63,7 @@ comment on table {{ activity_date_recounts() }} is
 
 {#- The canonical user of an event's user_id. -#}
 {% macro canonical_user(user_id_expr) -%}
-    coalesce({{ current_identity(user_id_expr) }}, {{ user_id_expr }})
+    coalesce({{ identity_of(user_id_expr) }}, {{ user_id_expr }})
 {%- endmacro %}
 
 {#- UTC day of a timestamptz, whatever the session's time zone. -#}

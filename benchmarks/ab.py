@@ -5,7 +5,7 @@
 Single runs on these machines vary by tens of percent from one minute to the next, so a claim
 that one commit is as fast as another needs several runs of each, interleaved (A B, B A, A B...:
 a drift of the machine falls on both sides). Each commit gets a detached worktree, cached under
-~/.cache/rt-analytics/ab/ (with this checkout's .venv when the requirements are the same, else one
+/var/tmp/rt-analytics-ab/ (with this checkout's .venv when the requirements are the same, else one
 built by its own ./stack); the command runs there, as that commit's code. Every figure the
 benchmark reports (benchmarks/report.py) is collected; the table gives each figure's median
 (min-max) per commit and after / before.
@@ -23,7 +23,9 @@ from pathlib import Path
 from benchmarks.report import figures
 from common.settings import REPO_ROOT
 
-CACHE = Path.home() / ".cache" / "rt-analytics" / "ab"
+#: Not under ~/.cache: an older commit's Postgres (run as the postgres user) is started with the
+#: worktree as its working directory, and root's home is closed to other users.
+CACHE = Path("/var/tmp/rt-analytics-ab")
 
 
 def worktree(ref: str) -> Path:

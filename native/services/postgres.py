@@ -100,6 +100,9 @@ class PostgresService(Service):
                 *ctx.compose("postgres").command()[1:],
             ],
             user="postgres",
+            # Its own folder as the working directory: the postgres user may not enter the checkout's
+            # (a clone under root's home, mode 700: supervisord's chdir failed and postgres never started).
+            directory=str(self.data_dir(ctx)),
             # SIGINT is Postgres's fast shutdown: roll back open transactions, stop at once.
             stopsignal="INT",
         )

@@ -22,6 +22,7 @@ from native.compose import COMPOSE_FILE, Compose
 from native.context import Context
 from native.services.airflow import AirflowService
 from native.services.apps import CollectorService, KafkaProducerService, StreamConsumerService
+from native.services.postgres import PostgresService
 from native.services.prometheus import PrometheusService
 from native.services.superset import SupersetService
 from native.services.trino import TrinoService
@@ -98,6 +99,14 @@ def test_service_names_become_native_hosts_and_container_ports_env_ports(tmp_pat
     # kafka:19092 is not published: kafka's x-ports says it is KAFKA_PORT natively
     assert trino["KAFKA_BOOTSTRAP_SERVERS"] == f"{ctx['KAFKA_HOST']}:19999"
     assert trino["PROMETHEUS_URL"] == "http://127.0.0.1:19090"
+
+
+def test_postgres_starts_in_its_own_folder_not_the_checkout(tmp_path):
+    """supervisord enters a program's directory as the program's user: the postgres user may not
+    enter the checkout (a clone under root's home, mode 700, left Postgres unstarted)."""
+    ctx = stack_context(tmp_path)
+    program = PostgresService().program(ctx)
+    assert program.user == "postgres" and program.directory == str(PostgresService().data_dir(ctx))
 
 
 def test_binds_to_every_interface_become_loopback_on_the_env_port(tmp_path):

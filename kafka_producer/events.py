@@ -20,6 +20,20 @@ PRODUCTS = 500
 # Shares of event types: most traffic is views, a few percent convert.
 VIEW_SHARE, CLICK_SHARE = 0.70, 0.25
 NEW_SESSION_PROBABILITY = 0.05
+# A new session's first event says where the visit came from (the marts' traffic sources): a
+# fifth from a referrer, a tenth from a campaign (utm_*), the rest direct.
+REFERRER_SHARE, CAMPAIGN_SHARE = 0.20, 0.10
+REFERRERS = (
+    "https://www.google.com/search",
+    "https://duckduckgo.com/",
+    "https://news.ycombinator.com/item",
+    "https://www.reddit.com/r/deals/",
+)
+CAMPAIGNS = (
+    ("newsletter", "email", "december"),
+    ("facebook", "cpc", "winter sale"),
+    ("partner", "affiliate", "gift guide"),
+)
 
 
 def uuid4_text(bits: int) -> str:
@@ -88,8 +102,15 @@ class EventGenerator:
         r = rng.random
         table = self.user_table
         user_id = table[int(r() * len(table))]
+        touch = ""
         if r() < NEW_SESSION_PROBABILITY:
             self.user_session[user_id] = uuid4_text(rng.getrandbits(128))
+            t = r()
+            if t < REFERRER_SHARE:
+                touch = f',"referrer":"{REFERRERS[int(r() * len(REFERRERS))]}"'
+            elif t < REFERRER_SHARE + CAMPAIGN_SHARE:
+                source, medium, campaign = CAMPAIGNS[int(r() * len(CAMPAIGNS))]
+                touch = f',"utm_source":"{source}","utm_medium":"{medium}","utm_campaign":"{campaign}"'
         x = r()
         product_id: int | None  # None on a view of a static page
         product_id = int(r() * PRODUCTS) + 1
@@ -109,7 +130,7 @@ class EventGenerator:
             f'"session_id":"{self.user_session[user_id]}","occurred_at":"{self.clock.format(epoch)}",'
             f'"page":"{page}","product_id":{"null" if product_id is None else product_id},'
             f'"amount":{amount},"device":"{self.user_device[user_id]}",'
-            f'"country":"{self.user_country[user_id]}"}}'
+            f'"country":"{self.user_country[user_id]}"{touch}}}'
         )
         return str(user_id).encode(), value.encode()
 

@@ -7,7 +7,7 @@ import uuid
 from collections import Counter
 
 from common.contract import decode_event, decode_profile
-from kafka_producer.events import EventGenerator, uuid4_text
+from kafka_producer.events import CAMPAIGNS, REFERRERS, EventGenerator, uuid4_text
 
 EPOCH = dt.datetime(2026, 11, 22, tzinfo=dt.UTC).timestamp()
 LATEST = dt.datetime(2026, 11, 23, tzinfo=dt.UTC).timestamp()  # the events' arrival, a day later at most
@@ -36,6 +36,29 @@ def test_event_mix_is_mostly_views_with_some_purchases():
     gen = EventGenerator(users=100, seed=3)
     types = Counter(json.loads(gen.event(EPOCH)[1])["event_type"] for _ in range(20000))
     assert types["view"] > types["click"] > types["purchase"] > 0.02 * 20000
+
+
+def test_a_new_sessions_first_event_alone_says_where_the_visit_came_from():
+    """A fifth of the sessions from a referrer, a tenth from a campaign (every utm_* field), the rest
+    direct; later events of a session carry none (the marts count a session's first touch)."""
+    gen = EventGenerator(users=200, seed=5)
+    first_seen: dict[str, dict] = {}
+    touches: Counter = Counter()
+    for _ in range(40000):
+        event = json.loads(gen.event(EPOCH)[1])
+        touch = {k: event[k] for k in ("referrer", "utm_source", "utm_medium", "utm_campaign") if k in event}
+        if event["session_id"] in first_seen:
+            assert not touch, event
+            continue
+        first_seen[event["session_id"]] = touch
+        if "referrer" in touch:
+            assert touch == {"referrer": touch["referrer"]} and touch["referrer"] in REFERRERS
+            touches["referrer"] += 1
+        elif touch:
+            assert (touch["utm_source"], touch["utm_medium"], touch["utm_campaign"]) in CAMPAIGNS
+            touches["campaign"] += 1
+    sessions = sum(1 for t in first_seen.values()) - 200  # each user's first session starts untouched
+    assert 0.15 < touches["referrer"] / sessions < 0.25 and 0.06 < touches["campaign"] / sessions < 0.14
 
 
 def test_only_purchases_carry_an_amount():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.integration.dbt_harness import Dbt
 from tests.integration.pipeline_harness import Pipeline
 from tests.support.ephemeral import EphemeralStack
 
@@ -23,3 +24,15 @@ def pipeline(stack, request):
     p = Pipeline(stack, request.node.name)
     yield p
     p.close()
+
+
+@pytest.fixture(scope="module")
+def dsn(stack) -> str:
+    """The owner's connection string to the tier's Postgres."""
+    return stack.owner_dsn()
+
+
+@pytest.fixture(scope="module")
+def dbt(stack, tmp_path_factory) -> Dbt:
+    """dbt on the tier's Postgres, its target and logs in a folder of the module's."""
+    return Dbt(stack, tmp_path_factory.mktemp("dbt"))

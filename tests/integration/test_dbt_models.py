@@ -16,7 +16,6 @@ import psycopg
 import pytest
 
 from tests.integration.dbt_harness import (
-    Dbt,
     Event,
     Profile,
     Streaming,
@@ -52,16 +51,6 @@ KNOWN = range(101, 106)  # known users the anonymous ones identify as
 
 def profile(user_id: int, plan: str = "free", updated_at: dt.datetime = NOW) -> Profile:
     return Profile(user_id, ("US", "DE", "FR", "IN", "BR")[user_id % 5], plan, dt.date(2025, 1, user_id), updated_at)
-
-
-@pytest.fixture(scope="module")
-def dsn(stack) -> str:
-    return stack.owner_dsn()
-
-
-@pytest.fixture(scope="module")
-def dbt(stack, tmp_path_factory) -> Dbt:
-    return Dbt(stack, tmp_path_factory.mktemp("dbt"))
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,10 @@ import datetime as dt
 import random
 import uuid
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.dbt_harness import Dbt, Event, Streaming, differences, marts, product_events
+from tests.integration.dbt_harness import Event, Streaming, differences, marts, product_events
 
 NOW = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
 USERS = range(1, 13)
@@ -31,16 +30,6 @@ CHECKED = (
     "purchase_conversion_by_user",
     "sessions",
 )
-
-
-@pytest.fixture(scope="module")
-def dsn(stack) -> str:
-    return stack.owner_dsn()
-
-
-@pytest.fixture(scope="module")
-def dbt(stack, tmp_path_factory) -> Dbt:
-    return Dbt(stack, tmp_path_factory.mktemp("dbt"))
 
 
 step = st.one_of(

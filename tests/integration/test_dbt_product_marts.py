@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.dbt_harness import (
-    Dbt,
     Event,
     Product,
     Streaming,
@@ -31,16 +30,6 @@ USERS = range(1, 21)
 ANONYMOUS = range(1001, 1011)
 # These marts and what they read: the other marts' deletion and identity are tested elsewhere.
 MINE = ("--select", "+funnel_conversion", "+daily_active_users", "+retention_cohorts")
-
-
-@pytest.fixture(scope="module")
-def dsn(stack) -> str:
-    return stack.owner_dsn()
-
-
-@pytest.fixture(scope="module")
-def dbt(stack, tmp_path_factory) -> Dbt:
-    return Dbt(stack, tmp_path_factory.mktemp("dbt"))
 
 
 @pytest.fixture(scope="module")

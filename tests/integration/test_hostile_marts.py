@@ -22,7 +22,6 @@ from stream_consumer.writer import Health, Writer
 from tests.integration.dbt_harness import (
     PROFILES,
     TOPIC,
-    Dbt,
     Event,
     differences,
     expected_marts,
@@ -57,16 +56,6 @@ class Feed:
         self.messages += len(pairs)
         self.events += landed.events
         self.dead_letters += len(landed.dead_letters)
-
-
-@pytest.fixture(scope="module")
-def dsn(stack) -> str:
-    return stack.owner_dsn()
-
-
-@pytest.fixture(scope="module")
-def dbt(stack, tmp_path_factory) -> Dbt:
-    return Dbt(stack, tmp_path_factory.mktemp("dbt"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from native.context import Context
 from native.services.superset import SupersetService
 from tests.support.browser import chromium, login, render_dashboard
 from tests.support.ephemeral import ARTIFACTS, ROOT
-from tests.support.superset_api import DASHBOARD_SLUG, SupersetClient, series_totals
+from tests.support.superset_api import DASHBOARD_SLUG, PRODUCT_SLUG, SupersetClient, series_totals
 
 TOP_USERS = "Top users by total activity"
 EVENT_TYPES = "Event type distribution"
@@ -169,11 +169,12 @@ def test_anonymous_visitor_is_refused_everything_but_the_dashboard(env, path):
     assert status in (400, 401, 403, 404, 405) or "/login/" in url, (status, url)
 
 
-def test_anonymous_visitor_sees_only_the_public_dashboard(env):
+def test_anonymous_visitor_sees_only_the_public_dashboards(env):
     base = f"http://127.0.0.1:{env['SUPERSET_PORT']}"
     anonymous = SupersetClient(base)
-    assert anonymous.request("GET", f"/superset/dashboard/{DASHBOARD_SLUG}/", expect=None)[0] == 200
-    assert [d["slug"] for d in anonymous.get("/api/v1/dashboard/")["result"]] == [DASHBOARD_SLUG]
+    for slug in (DASHBOARD_SLUG, PRODUCT_SLUG):
+        assert anonymous.request("GET", f"/superset/dashboard/{slug}/", expect=None)[0] == 200
+    assert sorted(d["slug"] for d in anonymous.get("/api/v1/dashboard/")["result"]) == [PRODUCT_SLUG, DASHBOARD_SLUG]
 
 
 def test_anonymous_browser_is_sent_to_login_from_sql_lab_and_the_chart_editor(env):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.support.browser import chromium
+from tests.support.browser import chromium, click, drained, tracker
 from tests.support.ephemeral import ARTIFACTS
 from tests.support.pipeline_waits import query, wait_for
 
@@ -26,20 +26,6 @@ def counts(stack, user_id: int) -> dict[str, int]:
         stack.owner_dsn(), "SELECT event_type, event_count FROM streaming.user_events WHERE user_id = %s", (user_id,)
     )
     return dict(rows)
-
-
-def tracker(driver) -> tuple[int, list]:
-    return driver.execute_script("return [window.rtAnalytics.userId, window.rtAnalytics.queue()]")
-
-
-def drained(driver) -> bool:
-    return driver.execute_script("return window.rtAnalytics && window.rtAnalytics.queue().length === 0")
-
-
-def click(driver, product: int, action: str) -> None:
-    from selenium.webdriver.common.by import By
-
-    driver.find_element(By.CSS_SELECTOR, f".product[data-id='{product}'] button[data-track='{action}']").click()
 
 
 def test_a_visitors_views_clicks_and_purchase_land_in_streaming_once(stack, shop):

@@ -113,3 +113,22 @@ def render_dashboard(
         "titles": titles,
         "text": driver.find_element(By.TAG_NAME, "body").text,
     }
+
+
+# --- the demo shop (collector/static/shop) and its tracker ------------------------------------------
+
+
+def tracker(driver) -> tuple[int, list]:
+    """The tracker's anonymous user id and the events it has not yet had acknowledged."""
+    return driver.execute_script("return [window.rtAnalytics.userId, window.rtAnalytics.queue()]")
+
+
+def drained(driver) -> bool:
+    return driver.execute_script("return window.rtAnalytics && window.rtAnalytics.queue().length === 0")
+
+
+def click(driver, product: int, action: str) -> None:
+    """One of a product's buttons (view, click, purchase), as a shopper clicks it."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f".product[data-id='{product}'] button[data-track='{action}']").click()

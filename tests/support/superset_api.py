@@ -11,6 +11,7 @@ import urllib.request
 from collections import Counter
 
 DASHBOARD_SLUG = "realtime-behavioral-analytics"
+PRODUCT_SLUG = "product-analytics"
 
 
 class SupersetClient:

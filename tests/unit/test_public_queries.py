@@ -453,7 +453,9 @@ def _allowed(change: tuple, body: dict, saved: dict) -> bool:
     if key == "filters":
         added = [c for c in new if c not in kept] if isinstance(new, list) else []
         well_formed = isinstance(new, list) and all(isinstance(c, dict) for c in new)
-        return new in (MISSING, None) or well_formed and all(map(_dashboard_clause, added))
+        if new in (MISSING, None):
+            return not kept  # the chart's own filters (its funnel, a time range) stay
+        return well_formed and all(c in new for c in kept) and all(map(_dashboard_clause, added))
     return False
 
 

@@ -67,7 +67,7 @@ def figure(samples: list[float]) -> str:
     median = statistics.median(samples)
     verdict = "met" if median < TARGET_MS else "MISSED"
     n = len(samples)
-    return f"median {median:,.1f} ms, max {max(samples):,.1f} ms (n={n}; target < {TARGET_MS:.0f} ms: {verdict})"
+    return f"{median:,.1f} ms median, max {max(samples):,.1f} ms (n={n}; target < {TARGET_MS:.0f} ms: {verdict})"
 
 
 def main() -> None:

@@ -281,7 +281,7 @@ def bench_builds(sizes: list[int], users: int, builds: int) -> list[tuple[str, s
             figures.append(
                 (
                     f"{events:,} events: `dbt build` after a minute of traffic",
-                    f"median {statistics.median(times):.1f} s, max {max(times):.1f} s ({builds} builds)",
+                    f"{statistics.median(times):.1f} s median, max {max(times):.1f} s ({builds} builds)",
                 )
             )
             elapsed, results = run_dbt(env, "test", "--select", RECONCILIATION)

@@ -229,12 +229,37 @@ def _prepared(ctx: Context, service: Service) -> bool:
     return f"[program:{service.name}]" in text or f"[group:{service.name}]" in text
 
 
+def stop_levels(names: set[str]) -> list[list[str]]:
+    """The services in the order `down` stops them, as compose does: a service after every service
+    that depends on it, those of one level side by side (the consumer before Kafka and Postgres;
+    Superset, Airflow, the apps and Prometheus together)."""
+    left, levels = set(names), []
+    while left:
+        needed = {dep for name in left for dep in SERVICES[name].depends_on if name in SERVICES}
+        level = sorted(n for n in left if n not in needed) or sorted(left)
+        levels.append(level)
+        left -= set(level)
+    return levels
+
+
+def stop_side_by_side(sup: Supervisor, names: list[str]) -> None:
+    """Asks each service's processes to stop at once, then waits until none runs (supervisord kills
+    a process that outlives its stopwaitsecs)."""
+    for name in names:
+        sup.rpc.stopProcessGroup(name, False)
+    running = ("RUNNING", "STARTING", "STOPPING", "BACKOFF")
+    wait_until(lambda: not [p for name in names for p in sup.processes(name) if p["statename"] in running], 120)
+
+
 def down(ctx: Context, volumes: bool) -> None:
     sup = Supervisor(ctx)
     if sup.running():
         ctx.log("stopping all services")
         pid = int((sup.dir / "supervisord.pid").read_text())
-        sup.rpc.stopAllProcesses(True)
+        groups = {p["group"] for p in sup.rpc.getAllProcessInfo()}
+        for level in stop_levels({g for g in groups if g in SERVICES}):
+            stop_side_by_side(sup, level)
+        sup.rpc.stopAllProcesses(True)  # anything not a service of SERVICES
         sup.rpc.shutdown()
         wait_until(lambda: not Path(f"/proc/{pid}").exists(), 60)
     if volumes and ctx.state.exists():

@@ -20,13 +20,14 @@ from common.settings import REPO_ROOT as ROOT
 from common.settings import env_file_values
 from native.compose import COMPOSE_FILE, Compose
 from native.context import Context
+from native.services import SERVICES
 from native.services.airflow import AirflowService
 from native.services.apps import CollectorService, KafkaProducerService, StreamConsumerService
 from native.services.postgres import PostgresService
 from native.services.prometheus import PrometheusService
 from native.services.superset import SupersetService
 from native.services.trino import TrinoService
-from native.stack import settings_digest
+from native.stack import settings_digest, stop_levels
 
 #: ports a test stack could have: none is .env's default, so a value that slips through untranslated shows
 PORTS = {
@@ -285,3 +286,22 @@ def test_a_setting_read_only_through_a_translation_restarts_the_program(tmp_path
     before = trino_command(stack_context(tmp_path))
     assert trino_command(stack_context(tmp_path)) == before
     assert trino_command(stack_context(tmp_path, PROMETHEUS_PORT="19091")) != before
+
+
+@given(st.sets(st.sampled_from(sorted(SERVICES)), min_size=1))
+def test_down_stops_a_service_only_after_every_service_that_depends_on_it(names):
+    levels = stop_levels(names)
+    assert sorted(n for level in levels for n in level) == sorted(names)
+    position = {n: i for i, level in enumerate(levels) for n in level}
+    for name in names:
+        for dep in SERVICES[name].depends_on:
+            if dep in names:
+                assert position[dep] > position[name], (name, dep, levels)
+
+
+def test_down_stops_the_whole_stack_in_three_rounds():
+    assert stop_levels(set(SERVICES)) == [
+        ["airflow", "collector", "kafka_producer", "prometheus", "stream_consumer", "superset"],
+        ["trino"],
+        ["kafka", "postgres"],
+    ]

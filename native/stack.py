@@ -235,7 +235,7 @@ def stop_levels(names: set[str]) -> list[list[str]]:
     Superset, Airflow, the apps and Prometheus together)."""
     left, levels = set(names), []
     while left:
-        needed = {dep for name in left for dep in SERVICES[name].depends_on if name in SERVICES}
+        needed = {dep for name in left for dep in SERVICES[name].depends_on}
         level = sorted(n for n in left if n not in needed) or sorted(left)
         levels.append(level)
         left -= set(level)

@@ -14,7 +14,7 @@ import pytest
 from tests.support.browser import chromium, click, drained, render_dashboard, tracker
 from tests.support.ephemeral import ARTIFACTS
 from tests.support.pipeline_waits import query, wait_for, wait_for_marts
-from tests.support.superset_api import PRODUCT_SLUG, SupersetClient, dashboard_request
+from tests.support.superset_api import PRODUCT_SLUG, SupersetClient, chart_data_as_visitor, dashboard_request
 
 ACTIVE = "Active users now (last 5 minutes)"
 DAU = "Daily active users"
@@ -53,10 +53,7 @@ def visitor(env) -> SupersetClient:
 
 def as_visitor(visitor: SupersetClient, product: dict, chart: dict) -> list[dict]:
     """The chart's rows as the public dashboard page asks for them (its saved request)."""
-    body = dashboard_request(chart, product["id"])
-    status, payload = visitor.request("POST", "/api/v1/chart/data", body, expect=None, headers=VISITOR)
-    assert status == 200, payload
-    return payload["result"][0]["data"]
+    return chart_data_as_visitor(visitor, dashboard_request(chart, product["id"]), VISITOR)
 
 
 def rows(stack, sql: str, params: tuple = ()) -> list[tuple]:

@@ -21,7 +21,13 @@ import pytest
 
 from tests.support.known_events import event, produce
 from tests.support.pipeline_waits import query, wait_for, wait_for_marts
-from tests.support.superset_api import SupersetClient, dashboard_request, filter_values_request, series_totals
+from tests.support.superset_api import (
+    SupersetClient,
+    chart_data_as_visitor,
+    dashboard_request,
+    filter_values_request,
+    series_totals,
+)
 
 EVENT_TYPES = "Event type distribution"
 TIMELINE = "Real-time event timeline (events per minute)"
@@ -82,12 +88,6 @@ def anonymous(env) -> SupersetClient:
     return SupersetClient(f"http://127.0.0.1:{env['SUPERSET_PORT']}")
 
 
-def chart_data_as_visitor(anonymous: SupersetClient, body: dict) -> list[dict]:
-    status, payload = anonymous.request("POST", "/api/v1/chart/data", body, expect=None, headers=VISITOR)
-    assert status == 200, payload
-    return payload["result"][0]["data"]
-
-
 def all_time(stack) -> Counter:
     return Counter(
         {
@@ -122,7 +122,7 @@ def test_the_timeline_shows_the_top_types_of_its_hour_and_other_with_every_event
 
 
 def test_the_event_type_filter_offers_the_top_types_and_other_to_the_visitor(stack, superset, anonymous, new_types):
-    rows = chart_data_as_visitor(anonymous, filter_values_request(superset.dashboard(), EVENT_TYPE_FILTER))
+    rows = chart_data_as_visitor(anonymous, filter_values_request(superset.dashboard(), EVENT_TYPE_FILTER), VISITOR)
     assert {r["event_type"] for r in rows} == set(bounded(all_time(stack)))
 
 
@@ -130,6 +130,6 @@ def test_the_event_type_filter_set_to_other_narrows_the_timeline_to_it(stack, su
     """The filter's column is the pie's; the timeline, in its scope, has the same values: Other too."""
     chosen = [{"col": "event_type", "op": "IN", "val": [OTHER]}]
     body = dashboard_request(charts[TIMELINE], superset.dashboard()["id"], chosen)
-    rows = chart_data_as_visitor(anonymous, body)
+    rows = chart_data_as_visitor(anonymous, body, VISITOR)
     assert {k for row in rows for k in row} == {"minute", OTHER}
     assert series_totals(rows)[OTHER] >= sum(new_types.values()) - sum(sorted(new_types.values())[-TOP:])

@@ -89,6 +89,14 @@ class SupersetClient:
         return result[0]["data"]
 
 
+def chart_data_as_visitor(anonymous: SupersetClient, body: dict, headers: dict[str, str]) -> list[dict]:
+    """The rows an anonymous visitor gets for a chart-data request (`headers`: its client address,
+    X-Forwarded-For, so that each module's visitor has a rate budget of its own); 200 or it fails."""
+    status, payload = anonymous.request("POST", "/api/v1/chart/data", body, expect=None, headers=headers)
+    assert status == 200, payload
+    return payload["result"][0]["data"]
+
+
 def dashboard_request(chart: dict, dashboard_id: int, filters: list[dict] | None = None) -> dict:
     """A chart-data request as the dashboard page sends it: the chart's saved query context, with
     the dashboard's and the chart's ids in form_data (and a dashboard filter's clauses, if any)."""

@@ -36,6 +36,11 @@ PURGE_EVENT_IDS_SECONDS = 60.0
 #: every message of the batches in flight: the events with headers cost far more than those without
 #: (docs/benchmarks.md, Streaming).
 GC_YOUNG_THRESHOLD = 10_000
+#: While a batch is due but the one before is still being committed, the open batch grows by reads
+#: of at most this many messages, each waiting at most this long: the writer's end is noticed
+#: within one such read.
+WHILE_WRITER_BUSY_MESSAGES = 2_000
+WHILE_WRITER_BUSY_SECONDS = 0.01
 
 
 def consumer_config(settings: Settings) -> dict:
@@ -284,12 +289,21 @@ class StreamConsumer:
         last_until = 0.0
         try:
             while not self.stopping:
-                wait = max(0.0, self.batch_started + max_wait - time.monotonic()) if len(self.batch) else 0.5
-                msgs = self.consumer.consume(num_messages=min(10_000, max_events - len(self.batch)), timeout=wait)
+                due = len(self.batch) and time.monotonic() - self.batch_started >= max_wait
+                if due and self._writer_busy():
+                    # The batch is due but the writer is still committing the one before: reading on
+                    # into the open batch (up to max_events) beats waiting idle, and a larger batch
+                    # costs Postgres less per event, so a slow commit is caught up with.
+                    chunk, wait = WHILE_WRITER_BUSY_MESSAGES, WHILE_WRITER_BUSY_SECONDS
+                else:
+                    chunk = 10_000
+                    wait = max(0.0, self.batch_started + max_wait - time.monotonic()) if len(self.batch) else 0.5
+                msgs = self.consumer.consume(num_messages=min(chunk, max_events - len(self.batch)), timeout=wait)
                 if msgs:
                     self._add(msgs)
                 if len(self.batch) and (
-                    len(self.batch) >= max_events or time.monotonic() - self.batch_started >= max_wait
+                    len(self.batch) >= max_events
+                    or (time.monotonic() - self.batch_started >= max_wait and not self._writer_busy())
                 ):
                     self.flush(wait=False)
                 elif self._in_flight is not None and self._in_flight[0].done():
@@ -380,6 +394,9 @@ class StreamConsumer:
             self.start_offsets.update(batch.next_offsets)
             self.batch = self._new_batch()
         return self._settle() if wait else True
+
+    def _writer_busy(self) -> bool:
+        return self._in_flight is not None and not self._in_flight[0].done()
 
     def _commit(self, batch: Batch, start: dict, end_offsets: dict) -> tuple[Landed | None, float]:
         """Runs on the writer thread: the batch's transaction(s), through outages and splits."""

@@ -9,6 +9,7 @@ are counted again.
 from __future__ import annotations
 
 import random
+import re
 import signal
 import time
 
@@ -164,3 +165,28 @@ def test_a_member_that_lost_its_partitions_mid_commit_cannot_commit_over_its_suc
 
 def _assigned_lines(log) -> str:
     return "".join(line for line in log.read_text().splitlines() if " assigned " in line)
+
+
+def test_a_batch_grows_while_the_one_before_is_still_being_committed(pipeline: Pipeline):
+    # A batch is due after 1 ms, and one read takes at most 10,000 messages: a batch larger than
+    # that can only be read while the writer is busy with the batch before (consumer.py's loop).
+    pipeline.env["CONSUMER_BATCH_MAX_MS"] = "1"
+    pipeline.start_consumer()
+    pipeline.produce(events=2_000, seed=20)
+    pipeline.wait_until_consumed()
+    with psycopg.connect(pipeline.dsn) as blocker:
+        # Every commit of the group waits on its offset rows while this transaction is open.
+        blocker.execute(
+            "SELECT * FROM streaming.consumer_offsets WHERE consumer_group = %s FOR UPDATE", (pipeline.group,)
+        )
+        pipeline.produce(events=40_000, malformed_share=0.01, seed=21, profiles=False)
+        time.sleep(4)
+    pipeline.wait_until_consumed()
+
+    def batches() -> dict[str, float]:  # the histogram of committed batches' sizes, by bucket
+        pattern = r'stream_consumer_batch_messages_bucket\{le="([^"]+)"\} (\S+)'
+        return {le: float(n) for le, n in re.findall(pattern, pipeline.consumer_metrics())}
+
+    # the last batch is counted in the metrics just after its transaction commits
+    assert wait_until(lambda: batches()["+Inf"] > batches()["10000.0"], 10), batches()
+    pipeline.assert_exactly_once()

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.support.benchmark_figures import BENCHMARKS, missing
+from benchmarks import postgres_ceiling
+from tests.support.benchmark_figures import BENCHMARKS, ON_THE_TIERS_POSTGRES, missing
 from tests.support.ephemeral import ROOT
 
 
@@ -25,6 +26,14 @@ def test_benchmark_prints_every_figure(name):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert missing(proc.stdout, figures) == [], proc.stdout
+
+
+@pytest.mark.parametrize("name", sorted(ON_THE_TIERS_POSTGRES))
+def test_benchmark_on_the_tiers_postgres_prints_every_figure(stack, capsys, name):
+    args, figures = ON_THE_TIERS_POSTGRES[name]
+    {"postgres_ceiling": postgres_ceiling.main}[name](args, stack)
+    out = capsys.readouterr().out
+    assert missing(out, figures) == [], out
 
 
 def test_ab_runs_each_commit_in_turn_and_compares_the_medians():

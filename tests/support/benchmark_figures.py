@@ -106,6 +106,20 @@ ON_A_RUNNING_STACK = {
     ),
 }
 
+#: Benchmarks of Postgres alone: tests/integration/test_benchmarks.py runs them on the tier's.
+ON_THE_TIERS_POSTGRES = {
+    "postgres_ceiling": (
+        ["--writers", "2", "--batch", "300", "--seconds", "1"],
+        [
+            rf"baseline: 1 writer, events/s committed +{NUMBER} \({NUMBER}x the baseline\)$",
+            rf"baseline: 1 writer, Postgres CPU-seconds per 1M events +{NUMBER}$",
+            rf"2 writers, events/s committed +{NUMBER} \({NUMBER}x the baseline\)$",
+            rf"2 writers, Postgres CPU-seconds per 1M events +{NUMBER}$",
+            rf"2 writers, writers' CPU-seconds per 1M events +{NUMBER}$",
+        ],
+    ),
+}
+
 
 def missing(stdout: str, figures: list[str]) -> list[str]:
     """The patterns no line of the output matches."""

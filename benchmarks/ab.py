@@ -5,7 +5,7 @@
 Single runs on these machines vary by tens of percent from one minute to the next, so a claim
 that one commit is as fast as another needs several runs of each, interleaved (A B, B A, A B...:
 a drift of the machine falls on both sides). Each commit gets a detached worktree, cached under
-/var/tmp/rt-analytics-ab/ (with this checkout's .venv when the requirements are the same, else one
+/var/tmp/rt-analytics-ab/<repository>/ (with this checkout's .venv when the requirements are the same, else one
 built by its own ./stack); the command runs there, as that commit's code. Every figure the
 benchmark reports (benchmarks/report.py) is collected; the table gives each figure's median
 (min-max) per commit and after / before.
@@ -14,6 +14,7 @@ benchmark reports (benchmarks/report.py) is collected; the table gives each figu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shlex
 import statistics
 import subprocess
@@ -29,19 +30,24 @@ CACHE = Path("/var/tmp/rt-analytics-ab")
 
 
 def worktree(ref: str) -> Path:
-    """A detached worktree of `ref` with its own .venv, made once per commit."""
+    """A detached worktree of `ref` with its own .venv, made once per commit and repository. Per
+    repository: a worktree belongs to the repository that made it (a clone's is gone with the clone),
+    and its .venv may be that checkout's."""
+    git = ["git", "-C", str(REPO_ROOT)]
     sha = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [*git, "rev-parse", "--verify", f"{ref}^{{commit}}"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    path = CACHE / sha[:12]
+    common = subprocess.run(
+        [*git, "rev-parse", "--path-format=absolute", "--git-common-dir"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path = CACHE / hashlib.sha256(common.encode()).hexdigest()[:8] / sha[:12]
     if not (path / ".git").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(path), sha], check=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([*git, "worktree", "prune"], check=True)  # a folder of it deleted by hand
+        subprocess.run([*git, "worktree", "add", "--detach", str(path), sha], check=True)
     venv = path / ".venv"
     if not venv.exists() and requirements(path) == requirements(REPO_ROOT):
+        venv.unlink(missing_ok=True)  # a link left dangling
         venv.symlink_to(REPO_ROOT / ".venv")  # the same packages: this checkout's virtualenv serves
     subprocess.run([str(path / "stack"), "ps"], cwd=path, capture_output=True, check=True)  # builds .venv
     return path

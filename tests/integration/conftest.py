@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from tests.integration.dbt_harness import Dbt
@@ -33,6 +35,8 @@ def dsn(stack) -> str:
 
 
 @pytest.fixture(scope="module")
-def dbt(stack, tmp_path_factory) -> Dbt:
+def dbt(stack, tmp_path_factory) -> Iterator[Dbt]:
     """dbt on the tier's Postgres, its target and logs in a folder of the module's."""
-    return Dbt(stack, tmp_path_factory.mktemp("dbt"))
+    dbt = Dbt(stack, tmp_path_factory.mktemp("dbt"))
+    yield dbt
+    dbt.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import select
 import subprocess
 import uuid
 from collections import defaultdict
@@ -263,8 +264,12 @@ class Streaming:
 
 
 class Dbt:
+    """dbt on a stack's Postgres, its target and logs in `work`. Commands run one after another in
+    one dbt process (dbt_worker.py), which saves each command dbt's start-up."""
+
     def __init__(self, stack: EphemeralStack, work: Path) -> None:
-        self.bin = Context().venv("dbt", ROOT / "dbt_project" / "requirements.lock.txt") / "bin" / "dbt"
+        self.python = Context().venv("dbt", ROOT / "dbt_project" / "requirements.lock.txt") / "bin" / "python"
+        self.bin = self.python.with_name("dbt")  # the `dbt` command itself
         self.target = work / "target"
         self.env = {
             **Context().env,
@@ -273,25 +278,46 @@ class Dbt:
             "DBT_LOG_PATH": str(work / "logs"),
             "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
         }
+        self.stderr = work / "dbt_worker.stderr"
+        self.worker: subprocess.Popen | None = None
 
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [
-                str(self.bin),
-                *args,
-                "--project-dir",
-                str(ROOT / "dbt_project"),
-                "--profiles-dir",
-                str(ROOT / "dbt_project"),
-            ],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+    def __call__(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        argv = [*args, "--project-dir", str(ROOT / "dbt_project"), "--profiles-dir", str(ROOT / "dbt_project")]
+        worker = self._worker()
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.write(json.dumps(argv) + "\n")
+        worker.stdin.flush()
+        if not select.select([worker.stdout], [], [], timeout)[0]:
+            self.close()
+            raise AssertionError(f"dbt {' '.join(args)} did not finish within {timeout:.0f} s")
+        line = worker.stdout.readline()
+        if not line:
+            self.close()
+            ended = self.stderr.read_text(errors="replace")[-6000:]
+            raise AssertionError(f"the dbt worker ended during dbt {' '.join(args)}:\n{ended}")
+        answer = json.loads(line)
+        proc = subprocess.CompletedProcess(["dbt", *argv], answer["returncode"], answer["output"], "")
         if check and proc.returncode != 0:
             raise AssertionError(f"dbt {' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-6000:]}")
         return proc
+
+    def _worker(self) -> subprocess.Popen:
+        if self.worker is None or self.worker.poll() is not None:
+            self.worker = subprocess.Popen(
+                [str(self.python), str(Path(__file__).with_name("dbt_worker.py"))],
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.stderr.open("ab"),
+                text=True,
+            )
+        return self.worker
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.kill()
+            self.worker.wait()
+            self.worker = None
 
     def results(self) -> dict[str, str]:
         data = json.loads((self.target / "run_results.json").read_text())

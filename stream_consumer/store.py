@@ -69,10 +69,14 @@ ON CONFLICT (user_id, event_type) DO UPDATE SET
     updated_at = greatest(t.updated_at, excluded.updated_at)
 """
 
-# Revenue travels in cents as numeric: a batch's sum of cents is not bounded by bigint.
+# Revenue travels in cents as numeric: a batch's sum of cents is not bounded by bigint. The one
+# table every member of the group writes the same rows of (the others' rows are a user's, and a
+# partition holds its users): rows in the key's order, so that two members lock the minutes they
+# share in the same order and wait for each other instead of deadlocking.
 UPSERT_MINUTES = """
 INSERT INTO streaming.event_minutes AS t (minute, event_type, event_count, revenue)
 SELECT m, e, c, r / 100 FROM unnest(%b::timestamptz[], %s::text[], %s::bigint[], %s::numeric[]) AS v(m, e, c, r)
+ORDER BY m, e
 ON CONFLICT (minute, event_type) DO UPDATE SET
     event_count = t.event_count + excluded.event_count,
     revenue = t.revenue + excluded.revenue

@@ -8,15 +8,21 @@ are counted again.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import re
 import signal
+import threading
 import time
 
 import psycopg
 
+from common.settings import Settings
 from native.context import wait_until
+from stream_consumer.batch import Batch, Record
+from stream_consumer.store import Store
 from tests.integration.pipeline_harness import Pipeline, sigkill
+from tests.support.events import event_json
 
 
 def test_kill_9_every_second_or_two_counts_each_event_once(pipeline: Pipeline):
@@ -190,3 +196,52 @@ def test_a_batch_grows_while_the_one_before_is_still_being_committed(pipeline: P
     # the last batch is counted in the metrics just after its transaction commits
     assert wait_until(lambda: batches()["+Inf"] > batches()["10000.0"], 10), batches()
     pipeline.assert_exactly_once()
+
+
+BATCHES = 5
+
+
+def test_members_counting_the_same_minutes_side_by_side_never_deadlock(pipeline: Pipeline):
+    """Users are split between members by partition, but every member adds to the same minutes of
+    streaming.event_minutes: each transaction must lock them in one order, or two members that
+    meet wait for each other until Postgres kills one (a deadlock: a stall, an error in the log).
+    Two writers here, one with its minutes in ascending order and one descending, side by side."""
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    minutes = [now - dt.timedelta(minutes=m) for m in range(3000)]
+    settings = Settings(kafka_topic=pipeline.topic)
+    failures: list[str] = []
+    start = threading.Barrier(2, timeout=60)  # a member that died breaks it: the other stops too
+
+    def member(partition: int, order: list[dt.datetime]) -> None:
+        store = Store(pipeline.dsn, pipeline.group)
+        key = (pipeline.topic, partition)
+        offset = store.load_offsets([key], {key: 0})[key]
+        for _ in range(BATCHES):
+            batch = Batch.for_settings(settings)
+            records = [
+                Record(pipeline.topic, partition, offset + i, b"%d" % user, event_json(user, occurred_at=at))
+                for i, (user, at) in enumerate(((partition * 100_000 + i + 1, at) for i, at in enumerate(order)))
+            ]
+            batch.add(records)
+            start.wait()  # both transactions at once
+            try:
+                store.commit(batch, {key: offset}, {})
+                offset = batch.next_offsets[key]
+            except Exception as exc:  # a deadlock, or whatever else ended this member
+                failures.append(str(exc))
+                store.close()
+                start.abort()
+                raise
+        store.close()
+
+    threads = [
+        threading.Thread(target=member, args=(0, minutes)),
+        threading.Thread(target=member, args=(1, minutes[::-1])),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    [(counted,)] = pipeline.query("SELECT sum(event_count) FROM streaming.event_minutes")
+    assert counted == 2 * BATCHES * len(minutes)

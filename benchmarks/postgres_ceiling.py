@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import multiprocessing
+import queue
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from common.settings import Settings
 from kafka_producer.events import EventGenerator
 from stream_consumer.batch import Batch, Record
 from stream_consumer.store import Store
+from stream_consumer.writer import Health, Writer
 from tests.support.ephemeral import EphemeralStack
 from tests.support.events import STREAMING_TABLES
 
@@ -63,6 +65,8 @@ def write(dsn: str, writer: int, writers: int, size: int, users: int, seconds: f
     and keeps its connection (its backend's CPU time) until Postgres' CPU time was read."""
     todo = batches(writer, writers, size, users)
     store = Store(dsn, GROUP)
+    # as the consumer commits: retried through a deadlock (writers meet on event_minutes' rows)
+    committer = Writer(store, Health(), lambda: False)
     key = (TOPIC, writer)
     stored = store.load_offsets([key], {key: 0})[key]
     ready.release()
@@ -73,9 +77,10 @@ def write(dsn: str, writer: int, writers: int, size: int, users: int, seconds: f
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         batch = todo[i % len(todo)]
-        written = store.commit(batch, {key: stored}, {key: batch.next_offsets[key]})
+        landed = committer.commit(batch, {key: stored}, {key: batch.next_offsets[key]})
+        assert landed is not None and not landed.dead_letters
         stored = batch.next_offsets[key]
-        events += written.events
+        events += landed.events
         i += 1
     results.put((events, sum(me.cpu_times()[:2]) - cpu))
     measured.wait()
@@ -111,7 +116,13 @@ def phase(stack: EphemeralStack, dsn: str, writers: int, size: int, users: int, 
     pg_before = postgres_cpu(stack)
     started = time.monotonic()
     go.set()
-    done = [results.get() for _ in procs]
+    done = []
+    while len(done) < len(procs):
+        try:
+            done.append(results.get(timeout=5))
+        except queue.Empty:
+            if any(p.exitcode for p in procs):
+                raise SystemExit("a writer failed: see its traceback above") from None
     took = time.monotonic() - started
     pg = postgres_cpu(stack) - pg_before
     measured.set()

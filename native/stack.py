@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from xmlrpc.client import Fault, ServerProxy
 
@@ -217,10 +218,29 @@ def up(ctx: Context, names: list[str]) -> None:
     sup = Supervisor(ctx)
     sup.write_config(programs)
     restart = sup.ensure_started()
-    for service in SERVICES.values():
-        if service in services or service.name in restart:
-            start_and_wait(ctx, sup, service)
+    start_side_by_side(ctx, sup, [s.name for s in SERVICES.values() if s in services or s.name in restart])
     ctx.log(f"up: {', '.join(s.name for s in services)}")
+
+
+def start_side_by_side(ctx: Context, sup: Supervisor, names: list[str]) -> None:
+    """Starts each service once the services it depends on (of `names`; the others already run)
+    are healthy, independent ones side by side, as compose does: Airflow starts with Trino, and
+    Superset once Trino is healthy. A service that fails stops the services that need it from
+    starting; the first failure is raised once the others have settled."""
+    with ThreadPoolExecutor(max_workers=max(1, len(names)), thread_name_prefix="start") as pool:
+        started: dict[str, Future] = {}
+
+        def start(name: str) -> None:
+            for dep in SERVICES[name].depends_on:
+                if dep in started:
+                    started[dep].result()  # raises the dependency's failure: this one does not start
+            start_and_wait(ctx, sup, SERVICES[name])
+
+        for name in names:  # SERVICES' order: a dependency's future exists before its dependents'
+            started[name] = pool.submit(start, name)
+        failures = [exc for f in started.values() if (exc := f.exception()) is not None]
+    if failures:
+        raise failures[0]
 
 
 def _prepared(ctx: Context, service: Service) -> bool:

@@ -8,6 +8,8 @@ import hashlib
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,6 +18,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+import native.stack
 from common.settings import REPO_ROOT as ROOT
 from common.settings import env_file_values
 from native.compose import COMPOSE_FILE, Compose
@@ -27,7 +30,7 @@ from native.services.postgres import PostgresService
 from native.services.prometheus import PrometheusService
 from native.services.superset import SupersetService
 from native.services.trino import TrinoService
-from native.stack import settings_digest, stop_levels
+from native.stack import settings_digest, start_side_by_side, stop_levels
 
 #: ports a test stack could have: none is .env's default, so a value that slips through untranslated shows
 PORTS = {
@@ -305,3 +308,42 @@ def test_down_stops_the_whole_stack_in_three_rounds():
         ["trino"],
         ["kafka", "postgres"],
     ]
+
+
+def fake_starts(monkeypatch, seconds: dict[str, float], failing: str = "") -> list[tuple[str, str]]:
+    """start_and_wait replaced by a sleep of `seconds` (0.02 by default) per service, `failing`
+    failing; returns the (service, "start" | "healthy") events as they happen."""
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def start_and_wait(ctx, sup, service) -> None:
+        with lock:
+            events.append((service.name, "start"))
+        time.sleep(seconds.get(service.name, 0.02))
+        if service.name == failing:
+            raise SystemExit(f"stack: {failing} failed to start")
+        with lock:
+            events.append((service.name, "healthy"))
+
+    monkeypatch.setattr(native.stack, "start_and_wait", start_and_wait)
+    return events
+
+
+def test_up_starts_each_service_once_its_dependencies_are_healthy_and_the_others_side_by_side(monkeypatch):
+    events = fake_starts(monkeypatch, {"airflow": 0.5})
+    start_side_by_side(None, None, list(SERVICES))  # type: ignore[arg-type]
+    at = {event: i for i, event in enumerate(events)}
+    assert {name for name, _ in events} == set(SERVICES) and len(events) == 2 * len(SERVICES)
+    for name, service in SERVICES.items():
+        for dep in service.depends_on:
+            assert at[(dep, "healthy")] < at[(name, "start")], (name, dep, events)
+    # Superset waits for Trino, not for Airflow, which starts beside Trino
+    assert at[("superset", "healthy")] < at[("airflow", "healthy")], events
+
+
+def test_up_does_not_start_what_needs_a_service_that_failed_and_says_why(monkeypatch):
+    events = fake_starts(monkeypatch, {}, failing="trino")
+    with pytest.raises(SystemExit, match="trino failed to start"):
+        start_side_by_side(None, None, list(SERVICES))  # type: ignore[arg-type]
+    started = {name for name, what in events if what == "start"}
+    assert started == set(SERVICES) - {"superset"}

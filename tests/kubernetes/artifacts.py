@@ -5,7 +5,8 @@
 - the operators' CRDs: the Go operators' from their module zips on the Go module proxy (the files
   their repositories ship under config/crd/bases/ and the like), Strimzi's generated from its API
   classes by its own CRD generator, both from Maven Central (that is how Strimzi's build makes them);
-- each CRD version's openAPIV3Schema as a JSON schema, made strict (see `strict`).
+- each CRD version's openAPIV3Schema, kept as JSON (parsing the CRDs' YAML is the slow part), made
+  strict when loaded (see `strict`).
 
 A download or build happens once: a folder is complete when its `.complete` marker exists.
 """
@@ -50,7 +51,7 @@ STRIMZI_CLASSES = {
 STRIMZI_FLAGS = ["--target-kube", "1.16+", "--crd-api-version", "v1", "--api-versions", "v1", "--storage-version", "v1"]
 
 
-class CrdLoader(yaml.SafeLoader):
+class CrdLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """PyYAML's safe loader, reading a lone `=` (YAML 1.1's value tag, in some CRDs' enums) as "="."""
 
 
@@ -201,7 +202,7 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
     """{(apiVersion, kind): strict JSON schema} of every served version of every downloaded CRD."""
     schemas = {}
     for folder in crd_folders():
-        index = folder / "schemas.json"
+        index = folder / "openapi-schemas.json"
         if not index.exists():
             found = {}
             for path in sorted(folder.glob("*.yaml")):
@@ -212,9 +213,9 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
                     for version in doc["spec"]["versions"]:
                         if version.get("served", True):
                             key = f"{group}/{version['name']} {kind}"
-                            found[key] = strict(version["schema"]["openAPIV3Schema"])
+                            found[key] = version["schema"]["openAPIV3Schema"]
             index.write_text(json.dumps(found))
         for key, schema in json.loads(index.read_text()).items():
             api_version, kind = key.split(" ")
-            schemas[(api_version, kind)] = schema
+            schemas[(api_version, kind)] = strict(schema)
     return schemas

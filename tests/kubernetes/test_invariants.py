@@ -5,6 +5,7 @@ container bounded and unprivileged, probes that the code answers."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import re
 
 import yaml
@@ -143,6 +144,17 @@ def test_every_setting_of_env_is_in_the_configmap_or_the_secret_never_both(rende
     assert set(config) | set(secret) == set(env)
     assert set(config) & set(secret) == set()
     assert all(is_secret(k) for k in secret) and not any(is_secret(k) for k in config)
+
+
+def test_the_secret_holds_what_the_tunnel_guard_checks_and_the_tokens(rendered, env):
+    """The names tunnel/guard.py treats as secrets, and the tunnel tokens, are never settings."""
+    spec = importlib.util.spec_from_file_location("guard", REPO_ROOT / "tunnel" / "guard.py")
+    assert spec and spec.loader
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)
+    secret = named(rendered, "Secret", "rt-secrets")["data"]
+    wanted = {k for k in env if guard.SECRET_NAME.search(k) or k.endswith("_TOKEN")}
+    assert wanted and wanted <= set(secret)
 
 
 def test_no_secret_value_is_in_any_configmap(rendered):

@@ -4,6 +4,7 @@ cluster and no service. Its tools and schemas are downloaded once into the share
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -68,5 +69,7 @@ def of_kind(objects: list[dict], kind: str) -> list[dict]:
 
 
 def named(objects: list[dict], kind: str, name: str) -> dict:
-    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    """The object of that kind and name (a generated one with the content hash kustomize appends)."""
+    pattern = re.compile(rf"{re.escape(name)}(-[a-z0-9]{{10}})?")
+    (found,) = [o for o in objects if o["kind"] == kind and pattern.fullmatch(o["metadata"]["name"])]
     return found

@@ -20,11 +20,10 @@ OWN_IMAGE = re.compile(r"/rt-analytics-[a-z]+:")
 
 
 def secret_values(rendered: list[dict]) -> set[str]:
-    values = set()
-    for secret in of_kind(rendered, "Secret"):
-        values |= {base64.b64decode(v).decode() for v in (secret.get("data") or {}).values()}
-        values |= set((secret.get("stringData") or {}).values())
-    return {v for v in values if v}
+    """The values of .env's secrets, as the Secret rt-secrets holds them (the other Secrets hold them
+    again in other shapes, beside names that are no secret: user names)."""
+    secret = named(rendered, "Secret", "rt-secrets")
+    return {v for v in (base64.b64decode(v).decode() for v in secret["data"].values()) if v}
 
 
 # --- the consumer group ------------------------------------------------------------------------

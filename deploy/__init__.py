@@ -1,0 +1,1 @@
+"""Deployments beyond one machine (deploy/kubernetes/)."""

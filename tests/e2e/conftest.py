@@ -22,8 +22,14 @@ from tests.support.superset_api import SupersetClient
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that leaves the public budget of unsaved requests empty runs last: the others need it
-    (it refills at 20 a minute; waiting for it cost half a minute)."""
-    items.sort(key=lambda item: item.get_closest_marker("empties_the_public_budget") is not None)
+    (it refills at 20 a minute; waiting for it cost half a minute). A test that checks what happened
+    while the others ran runs after them."""
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("empties_the_public_budget") is not None,
+            item.get_closest_marker("after_the_other_tests") is not None,
+        )
+    )
 
 
 @pytest.fixture(scope="package")

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import time
 import urllib.request
+from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -96,17 +97,22 @@ def test_scheduler_refreshes_the_marts_after_new_events_arrive(stack, env, airfl
     assert {r["run_type"] for r in airflow.runs()} == {"scheduled"}, "somebody triggered a run"
 
 
-def test_failing_dbt_test_fails_the_run_without_retry(stack, airflow):
+@dataclass
+class FailedRun:
+    run: dict  # the scheduled run that failed on the planted row
+    cleaned: float  # when the row was removed again
+
+
+@pytest.fixture(scope="package")
+def failed_run(stack, env) -> FailedRun:
     """A user_events row with a zero count (the consumer never writes one) breaks the mart's
-    `total_events >= 1` test: the next scheduled run fails on its first try; once the row is
-    gone, the following run succeeds."""
+    `total_events >= 1` test until the first scheduled run that reads it fails; then it is removed.
+    Package-scoped: the run after it is checked at the end of the tier (after_the_other_tests),
+    so that the minute it waits for passes under the other tests instead of on its own."""
+    airflow = AirflowApi(env)
     dsn = stack.owner_dsn()
     bad_user = 9_500_099
-    query_autocommit(
-        dsn,
-        "INSERT INTO streaming.user_events VALUES (%s, 'view', 0, now(), now())",
-        (bad_user,),
-    )
+    query_autocommit(dsn, "INSERT INTO streaming.user_events VALUES (%s, 'view', 0, now(), now())", (bad_user,))
     planted = time.time()
     try:
         failed = wait_for(
@@ -115,17 +121,26 @@ def test_failing_dbt_test_fails_the_run_without_retry(stack, airflow):
             "a scheduled run to fail on the planted row",
             interval=2,
         )
-        (task,) = airflow.tries(failed["dag_run_id"])
-        assert (task["task_id"], task["state"], task["try_number"]) == ("dbt_build", "failed", 1)
     finally:
         query_autocommit(dsn, "DELETE FROM streaming.user_events WHERE user_id = %s", (bad_user,))
-    cleaned = time.time()
-    wait_for(
-        lambda: any(r["state"] == "success" and started_after(r, cleaned) for r in airflow.runs()),
-        150,
-        "the next scheduled run to succeed again",
-        interval=2,
-    )
+    return FailedRun(failed, time.time())
+
+
+def test_failing_dbt_test_fails_the_run_without_retry(failed_run, airflow):
+    (task,) = airflow.tries(failed_run.run["dag_run_id"])
+    assert (task["task_id"], task["state"], task["try_number"]) == ("dbt_build", "failed", 1)
+    assert failed_run.run["run_type"] == "scheduled"
+
+
+@pytest.mark.after_the_other_tests
+def test_the_first_scheduled_run_after_the_failing_row_is_gone_succeeds(failed_run, airflow):
+    def first_run_after() -> dict | None:
+        after = [r for r in airflow.runs() if started_after(r, failed_run.cleaned)]
+        runs = sorted(after, key=lambda r: r["start_date"])
+        return runs[0] if runs and runs[0]["state"] in ("success", "failed") else None
+
+    run = wait_for(first_run_after, 150, "the first scheduled run after the failing row to end", interval=2)
+    assert (run["state"], run["run_type"]) == ("success", "scheduled"), run
 
 
 def query_autocommit(dsn: str, sql: str, params) -> None:

@@ -1,7 +1,8 @@
-"""End-to-end tier: the whole native stack, started once for the tier by `./stack up` on free ports.
+"""End-to-end tier: the whole native stack on free ports, started once per session by `./stack up`
+and shared with integration's test_stack.py (tests/conftest.py: `whole_stack`).
 
-Postgres, Kafka, the stream consumer, the collector, Airflow (dbt every minute), Trino and
-Superset. No producer service: each test produces exactly the events it checks. Tests of this tier
+Postgres, Kafka, the stream consumer, the collector, Airflow (dbt every minute), Trino, Superset
+and Prometheus. The producer is stopped: each test produces exactly the events it checks. Tests
 share the stack, so each one checks what its own events changed (deltas, or its own user ids).
 """
 
@@ -16,7 +17,7 @@ import pytest
 from native.context import Context
 from tests.support.ephemeral import EphemeralStack
 from tests.support.known_events import KnownEvents, plan, produce
-from tests.support.pipeline_waits import SERVICE_NAMES, marts_match_streaming, query, wait_for, wait_for_marts
+from tests.support.pipeline_waits import marts_match_streaming, query, wait_for, wait_for_marts
 from tests.support.superset_api import SupersetClient
 
 
@@ -33,17 +34,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="package")
-def stack():
+def stack(whole_stack: EphemeralStack) -> EphemeralStack:
+    """The session's whole stack (tests/conftest.py), without its producer."""
     # The dashboard tests' browser; installed here so that a fresh machine (CI) gets it too.
     Context().apt_install("chromium", "chromium-driver")
-    # A worker silent for 20 s is replaced (60 by default): test_public_view's hung worker trips it
-    # sooner. gthread workers keep their heartbeat while a request runs, so no request is cut.
-    s = EphemeralStack(SERVICE_NAMES, {"CONSUMER_BATCH_MAX_MS": "100", "SUPERSET_GUNICORN_TIMEOUT": "20"})
-    try:
-        s.up()
-        yield s
-    finally:
-        s.down()
+    whole_stack("stop", "kafka_producer")
+    return whole_stack
 
 
 @pytest.fixture(scope="package")

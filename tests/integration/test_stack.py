@@ -1,25 +1,23 @@
 """`./stack up` behaves as `docker compose up` does: a second `up` restarts nothing (of a few
 services, and of the whole stack: Airflow, Superset and Prometheus included), and a service whose
 settings changed (in .env or the environment) is restarted with the new ones, alone. On the whole
-stack, every target Prometheus scrapes is up, and an alert travels to Alertmanager's receiver."""
+stack (the session's, shared with the e2e tier: tests/conftest.py), every target Prometheus scrapes
+is up, and an alert travels to Alertmanager's receiver."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
 from confluent_kafka.admin import AdminClient
 
 from benchmarks import public_load, serving, soak
-from common.settings import REPO_ROOT, Settings
+from common.settings import REPO_ROOT
 from native.context import merged_env
-from native.services import SERVICES
 from tests.support.benchmark_figures import ON_A_RUNNING_STACK, missing
 from tests.support.ephemeral import EphemeralStack, free_port
 
@@ -85,56 +83,6 @@ def target_health(stack: EphemeralStack) -> dict[str, str]:
     """{job/instance: health} of every target Prometheus scrapes."""
     targets = prometheus(stack, "/api/v1/targets")["activeTargets"]
     return {f"{t['labels']['job']}/{t['labels']['instance']}": t["health"] for t in targets}
-
-
-class Webhook:
-    """An HTTP endpoint standing in for ALERT_WEBHOOK_URL: keeps every notification posted to it."""
-
-    def __init__(self) -> None:
-        self.received: list[dict] = []
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def alertnames(self, status: str) -> set[str]:
-        return {a["labels"]["alertname"] for n in self.received for a in n["alerts"] if a["status"] == status}
-
-
-@pytest.fixture(scope="module")
-def webhook():
-    hook = Webhook()
-    yield hook
-    hook.server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def whole_stack(webhook):
-    env = {
-        "PRODUCER_RATE": "100",
-        "PRODUCER_USERS": "50",
-        "ALERT_WEBHOOK_URL": webhook.url,
-        # benchmarks.serving's click measure sends an event type of its own
-        "COLLECTOR_EVENT_TYPES": f"{Settings().collector_event_types},{serving.CLICK_TYPE}",
-    }
-    s = EphemeralStack(list(SERVICES), env)
-    try:
-        started = time.monotonic()
-        s.up()
-        print(f"\nfirst `./stack up` of the whole stack: {time.monotonic() - started:.1f} s")
-        yield s
-    finally:
-        s.down()
 
 
 #: A second `up` of a running stack only checks each service's health (measured: a few seconds);

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import psutil
+import psycopg
 
 from benchmarks.report import report
 from common.settings import Settings
@@ -99,8 +100,6 @@ def postgres_cpu(stack: EphemeralStack) -> float:
 
 def phase(stack: EphemeralStack, dsn: str, writers: int, size: int, users: int, seconds: float):
     """(events/s, Postgres CPU-s per 1M events, writers' CPU-s per 1M events) of `writers` writers."""
-    import psycopg
-
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE " + ", ".join((*STREAMING_TABLES, "streaming.consumer_offsets")))
     ctx = multiprocessing.get_context("spawn")

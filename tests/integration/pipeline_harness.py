@@ -3,6 +3,7 @@ a producer that remembers exactly what it sent, and checks of the `streaming` ta
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -14,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psycopg
@@ -379,6 +381,15 @@ class Pipeline:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+
+    @contextlib.contextmanager
+    def commits_held(self) -> Iterator[None]:
+        """While open, every commit of the group waits: a transaction holds its offset rows."""
+        with psycopg.connect(self.dsn) as blocker:
+            blocker.execute(
+                "SELECT * FROM streaming.consumer_offsets WHERE consumer_group = %s FOR UPDATE", (self.group,)
+            )
+            yield
 
     def produce_in_background(self, **kwargs) -> Background:
         return Background(lambda: self.produce(**kwargs))

@@ -142,11 +142,7 @@ def test_a_member_that_lost_its_partitions_mid_commit_cannot_commit_over_its_suc
     old_owner = pipeline.start_consumer()
     pipeline.produce(events=5_000, malformed_share=0.01, seed=18)
     pipeline.wait_until_consumed()
-    with psycopg.connect(pipeline.dsn) as blocker:
-        # Hold every commit of the group: the old owner's next transaction waits on the offset rows.
-        blocker.execute(
-            "SELECT * FROM streaming.consumer_offsets WHERE consumer_group = %s FOR UPDATE", (pipeline.group,)
-        )
+    with pipeline.commits_held():  # the old owner's next transaction waits on the offset rows
         pipeline.produce(events=5_000, malformed_share=0.01, seed=19, profiles=False)
         time.sleep(2)
         # Frozen mid-commit, it misses its heartbeats: the successor takes every partition, reads
@@ -180,11 +176,7 @@ def test_a_batch_grows_while_the_one_before_is_still_being_committed(pipeline: P
     pipeline.start_consumer()
     pipeline.produce(events=2_000, seed=20)
     pipeline.wait_until_consumed()
-    with psycopg.connect(pipeline.dsn) as blocker:
-        # Every commit of the group waits on its offset rows while this transaction is open.
-        blocker.execute(
-            "SELECT * FROM streaming.consumer_offsets WHERE consumer_group = %s FOR UPDATE", (pipeline.group,)
-        )
+    with pipeline.commits_held():
         pipeline.produce(events=40_000, malformed_share=0.01, seed=21, profiles=False)
         time.sleep(4)
     pipeline.wait_until_consumed()

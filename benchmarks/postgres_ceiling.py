@@ -142,6 +142,10 @@ def main(argv: list[str] | None = None, stack: EphemeralStack | None = None) -> 
         "--users", type=int, default=100_000, help="over all writers (fewer users: more events per upserted row)"
     )
     args = parser.parse_args(argv)
+    if min(*args.writers, args.batch, args.users) < 1 or args.seconds <= 0:
+        parser.error("--writers, --batch, --users and --seconds must be positive")
+    if args.users < max(args.writers):
+        parser.error("--users must be at least the largest --writers: each writer needs users of its own")
     own = stack is None
     stack = stack or EphemeralStack(["postgres"])
     try:
